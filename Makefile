@@ -1,0 +1,36 @@
+# Two entry points for a fresh Debian / Raspberry Pi OS machine: `make demo` and `make test`.
+# Each makes .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+# The demo runs on WAV files and the built-in simulator: only a venv is needed.
+# espeak-ng makes the child's voice and the toy's; without it both are tones.
+DEMO_APT := python3-venv
+# The tests drive real PortAudio through a private PulseAudio server, real speech from espeak-ng,
+# and build systemd-python.
+TEST_APT := python3-venv libportaudio2 espeak-ng sox pulseaudio pulseaudio-utils \
+	libsystemd-dev pkg-config gcc python3-dev systemd
+
+.PHONY: demo test bench soak clean
+
+$(VENV)/.demo: pyproject.toml
+	@./scripts/need-apt $(DEMO_APT)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.test: pyproject.toml $(VENV)/.demo
+	@./scripts/need-apt $(TEST_APT)
+	$(PY) -m pip install -q -e '.[test,systemd]'
+	@touch $@
+
+demo: $(VENV)/.demo
+	$(PY) -m device demo
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The optional history server where parents read conversations."""
