@@ -23,7 +23,9 @@ What it does (see /work/shared/live-protocol.md for the protocol facts):
   ``"[N.N s of audio]"``, for text turns it echoes the text), then ``generationComplete``, then
   ``turnComplete`` with ``usageMetadata`` (25 tokens per second of audio each way);
 * with ``sessionResumption`` in the setup, a ``sessionResumptionUpdate{newHandle, resumable}``
-  follows each ``turnComplete`` (so the SDK sees it in the *next* ``receive()``); a reconnect
+  comes just before each ``turnComplete`` (so ``receive()`` yields it in the same turn), or
+  just after it with ``handle_after_turn_complete=True`` (then the SDK yields it in the *next*
+  ``receive()``; a client must handle both orders); a reconnect
   with that handle continues the same conversation (turn counter kept).  An unknown handle
   is refused with close 1007 "Request contains an invalid argument." (our choice: the public
   record has no capture of the real refusal);
@@ -434,6 +436,7 @@ class Simulator:
         barge_in_rms: float = 500.0,
         cert_dir: Path | str | None = None,
         setup_timeout_s: float = 30.0,
+        handle_after_turn_complete: bool = False,
     ) -> None:
         if pace <= 0:
             raise ValueError("pace must be > 0 (a multiple of real time, e.g. 4.0)")
@@ -449,6 +452,7 @@ class Simulator:
         self._api_key = api_key
         self.barge_in_rms = barge_in_rms
         self.setup_timeout_s = setup_timeout_s
+        self.handle_after_turn_complete = handle_after_turn_complete
         self._cert_dir = cert_dir
         self._certs: CertPaths | None = None
         self._server: Server | None = None
@@ -579,16 +583,17 @@ class Simulator:
     # -- handshake -------------------------------------------------------------------------
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        url = urllib.parse.urlsplit(request.path)
-        query = urllib.parse.parse_qs(url.query)
+        # Not urlsplit: it reads a leading "//ws/..." as a host name.
+        raw_path, _, raw_query = request.path.partition("?")
+        query = urllib.parse.parse_qs(raw_query)
         key = request.headers.get("x-goog-api-key") or (query.get("key") or [None])[0]
         headers = {k: (REDACTED if k.lower() in ("x-goog-api-key", "authorization") else v)
                    for k, v in request.headers.raw_items()}
-        path = url.path + (f"?{_redact_query(url.query)}" if url.query else "")
+        path = raw_path + (f"?{_redact_query(raw_query)}" if raw_query else "")
         rec = ConnectionRecord(index=len(self.connections), path=path, headers=headers, api_key=key)
         self.connections.append(rec)
         self._notify()
-        m = _PATH_RE.match(url.path)
+        m = _PATH_RE.match(raw_path)
         if self._fault(rec, Fault.HTTP_403, 0):
             return self._refuse(rec, conn, 403, "PERMISSION_DENIED",
                                 "The caller does not have permission")
@@ -923,16 +928,21 @@ class _Session:
             "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": prompt_tokens}],
             "responseTokensDetails": [{"modality": "AUDIO", "tokenCount": out_tokens}],
         }
+        if self.resumption and not sim.handle_after_turn_complete:
+            await self._send_handle()
         await self.send({"serverContent": {"turnComplete": True}, "usageMetadata": usage})
         reply.completed = True
         sim._notify()
-        if self.resumption:
-            handle = sim._issue_handle(self.conv)
-            self.rec.handles_sent.append(handle)
-            await self.send({"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}})
+        if self.resumption and sim.handle_after_turn_complete:
+            await self._send_handle()
         plan = sim._fault(self.rec, Fault.GOAWAY, n)
         if plan:
             await self._goaway(plan)
+
+    async def _send_handle(self) -> None:
+        handle = self.sim._issue_handle(self.conv)
+        self.rec.handles_sent.append(handle)
+        await self.send({"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}})
 
     async def _goaway(self, plan: FaultPlan) -> None:
         seconds = plan.delay_s
