@@ -670,6 +670,9 @@ class _Session:
         await self.ws.send(json.dumps(msg).encode())
 
     async def close(self, code: int, reason: str) -> None:
+        # A close reason is at most 123 bytes (RFC 6455); the real service truncates long ones
+        # such as the "model not found" text the same way.
+        reason = reason.encode()[:123].decode(errors="ignore")
         self.closing = True
         self.rec.close_code, self.rec.close_reason = code, reason
         self.sim._notify()
