@@ -31,7 +31,9 @@ T = 15
 
 
 def sim_with(*faults: Any, **kw: Any) -> Simulator:
-    return Simulator(voice="tone", pace=50.0, first_byte_delay_s=0.02, faults=faults, **kw)
+    return Simulator(
+        voice="tone", pace=50.0, first_byte_delay_s=0.02, faults=faults, **kw
+    )
 
 
 def client(sim: Simulator) -> genai.Client:
@@ -40,7 +42,9 @@ def client(sim: Simulator) -> genai.Client:
 
 async def one_turn(session: Any) -> list[Any]:
     """Send a text turn and return every message up to turnComplete."""
-    await session.send_client_content(turns=types.Content(role="user", parts=[types.Part(text="hi")]))
+    await session.send_client_content(
+        turns=types.Content(role="user", parts=[types.Part(text="hi")])
+    )
     msgs: list[Any] = []
 
     async def run() -> None:
@@ -70,16 +74,26 @@ async def test_close_1011_mid_reply_then_retry_succeeds() -> None:
                 await s.send_realtime_input(audio_stream_end=True)
         # The plan fires on connection 0 only: a retry works.
         async with client(sim).aio.live.connect(model=MODEL) as s:
-            assert any(m.server_content and m.server_content.turn_complete for m in await one_turn(s))
+            assert any(
+                m.server_content and m.server_content.turn_complete
+                for m in await one_turn(s)
+            )
         assert sim.connections[0].faults_fired == ["close-1011-mid-reply"]
         assert sim.connections[0].close_code == 1011
-        assert sim.connections[0].replies[0].audio_bytes > 0 and not sim.connections[0].replies[0].completed
+        assert (
+            sim.connections[0].replies[0].audio_bytes > 0
+            and not sim.connections[0].replies[0].completed
+        )
 
 
 async def test_goaway_then_close_1011_deadline() -> None:
-    async with sim_with(FaultPlan(Fault.GOAWAY, seconds=0.2), handle_after_turn_complete=True) as sim:
+    async with sim_with(
+        FaultPlan(Fault.GOAWAY, seconds=0.2), handle_after_turn_complete=True
+    ) as sim:
         async with client(sim).aio.live.connect(model=MODEL) as s:
-            await one_turn(s)  # the goAway follows turnComplete, so it is in the next receive()
+            await one_turn(
+                s
+            )  # the goAway follows turnComplete, so it is in the next receive()
             got: list[Any] = []
 
             async def run() -> None:
@@ -106,15 +120,23 @@ async def test_goaway_right_after_setup() -> None:
     [
         (Fault.CLOSE_1007, 1007, INVALID_ARGUMENT),
         # Close reasons are cut at 123 bytes, so the long "not found" text arrives truncated.
-        (Fault.CLOSE_1008, 1008, f"models/{MODEL} is not found for API version v1, or is not"),
+        (
+            Fault.CLOSE_1008,
+            1008,
+            f"models/{MODEL} is not found for API version v1, or is not",
+        ),
     ],
 )
-async def test_close_at_setup_raises_from_connect(fault: Fault, code: int, reason: str) -> None:
+async def test_close_at_setup_raises_from_connect(
+    fault: Fault, code: int, reason: str
+) -> None:
     async with sim_with(fault) as sim:
         with pytest.raises(errors.APIError) as e:
             await connect(sim)
         assert type(e.value) is errors.APIError and e.value.code == code
-        assert e.value.details.startswith(reason) and len(e.value.details.encode()) <= 123
+        assert (
+            e.value.details.startswith(reason) and len(e.value.details.encode()) <= 123
+        )
         assert str(e.value).startswith(f"{code} None. ")
 
 
@@ -167,13 +189,17 @@ async def test_oversize_frame_is_1006() -> None:
 
 
 async def test_unknown_top_level_key_is_a_type_error_in_the_sdk() -> None:
-    async with sim_with(Fault.UNKNOWN_KEY) as sim:
-        async with client(sim).aio.live.connect(model=MODEL) as s:
-            with pytest.raises(TypeError):
-                await one_turn(s)
+    async with (
+        sim_with(Fault.UNKNOWN_KEY) as sim,
+        client(sim).aio.live.connect(model=MODEL) as s,
+    ):
+        with pytest.raises(TypeError):
+            await one_turn(s)
 
 
-@pytest.mark.parametrize(("fault", "status"), [(Fault.HTTP_403, 403), (Fault.HTTP_404, 404)])
+@pytest.mark.parametrize(
+    ("fault", "status"), [(Fault.HTTP_403, 403), (Fault.HTTP_404, 404)]
+)
 async def test_http_refusal_is_invalid_status(fault: Fault, status: int) -> None:
     async with sim_with(fault) as sim:
         with pytest.raises(websockets.exceptions.InvalidStatus) as e:
@@ -186,12 +212,18 @@ async def test_http_refusal_is_invalid_status(fault: Fault, status: int) -> None
 
 async def test_reject_handle_refuses_even_a_valid_handle() -> None:
     async with sim_with(FaultPlan(Fault.REJECT_HANDLE, connection=1)) as sim:
-        cfg = types.LiveConnectConfig(session_resumption=types.SessionResumptionConfig())
+        cfg = types.LiveConnectConfig(
+            session_resumption=types.SessionResumptionConfig()
+        )
         async with client(sim).aio.live.connect(model=MODEL, config=cfg) as s:
-            handles = [m.session_resumption_update.new_handle for m in await one_turn(s)
-                       if m.session_resumption_update]
+            handles = [
+                m.session_resumption_update.new_handle
+                for m in await one_turn(s)
+                if m.session_resumption_update
+            ]
         cfg2 = types.LiveConnectConfig(
-            session_resumption=types.SessionResumptionConfig(handle=handles[-1]))
+            session_resumption=types.SessionResumptionConfig(handle=handles[-1])
+        )
         with pytest.raises(errors.APIError) as e:
             await connect(sim, cfg2)
         assert e.value.code == 1007 and e.value.details == INVALID_ARGUMENT
@@ -201,8 +233,12 @@ async def test_reject_handle_refuses_even_a_valid_handle() -> None:
 
 def test_fault_plan_parse() -> None:
     assert FaultPlan.parse("goaway") == FaultPlan(Fault.GOAWAY)
-    assert FaultPlan.parse("tcp-drop@*:2") == FaultPlan(Fault.TCP_DROP, connection=None, turn=2)
-    assert FaultPlan.parse("slow-setup@1+3.5") == FaultPlan(Fault.SLOW_SETUP, 1, None, 3.5)
+    assert FaultPlan.parse("tcp-drop@*:2") == FaultPlan(
+        Fault.TCP_DROP, connection=None, turn=2
+    )
+    assert FaultPlan.parse("slow-setup@1+3.5") == FaultPlan(
+        Fault.SLOW_SETUP, 1, None, 3.5
+    )
     with pytest.raises(ValueError, match="choose one of: slow-setup"):
         FaultPlan.parse("nope")
     with pytest.raises(ValueError, match="NAME"):
@@ -210,29 +246,59 @@ def test_fault_plan_parse() -> None:
 
 
 def test_cli_rejects_unknown_fault() -> None:
-    r = subprocess.run([sys.executable, "-m", "device.live.simulator", "--fault", "bogus"],
-                       capture_output=True, text=True, timeout=30, cwd=_root())
+    r = subprocess.run(
+        [sys.executable, "-m", "device.live.simulator", "--fault", "bogus"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=_root(),
+    )
     assert r.returncode == 2 and "unknown fault 'bogus'" in r.stdout
 
 
 async def test_cli_runs_standalone_with_a_fault() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "device.live.simulator", "--voice", "tone", "--pace", "50",
-        "--fault", "close-1007", cwd=_root(), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "device.live.simulator",
+        "--voice",
+        "tone",
+        "--pace",
+        "50",
+        "--fault",
+        "close-1007",
+        cwd=_root(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         assert proc.stdout is not None
-        base_url = (await asyncio.wait_for(proc.stdout.readline(), T)).decode().split()[1]
-        ca_file = (await asyncio.wait_for(proc.stdout.readline(), T)).decode().split()[1]
+        base_url = (
+            (await asyncio.wait_for(proc.stdout.readline(), T)).decode().split()[1]
+        )
+        ca_file = (
+            (await asyncio.wait_for(proc.stdout.readline(), T)).decode().split()[1]
+        )
         import ssl
 
-        c = genai.Client(api_key="k", http_options={
-            "base_url": base_url, "async_client_args": {"ssl": ssl.create_default_context(cafile=ca_file)}})
+        c = genai.Client(
+            api_key="k",
+            http_options={
+                "base_url": base_url,
+                "async_client_args": {
+                    "ssl": ssl.create_default_context(cafile=ca_file)
+                },
+            },
+        )
         with pytest.raises(errors.APIError) as e:
             await asyncio.wait_for(c.aio.live.connect(model=MODEL).__aenter__(), T)
         assert e.value.code == 1007
         async with c.aio.live.connect(model=MODEL) as s:
-            assert any(m.server_content and m.server_content.turn_complete for m in await one_turn(s))
+            assert any(
+                m.server_content and m.server_content.turn_complete
+                for m in await one_turn(s)
+            )
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), T)

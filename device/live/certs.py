@@ -39,11 +39,15 @@ def make_self_signed(
     Written to ``directory`` (created if needed) or to a fresh temporary directory.
     An EC P-256 key keeps generation in the millisecond range.
     """
-    out = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="talkie-sim-"))
+    out = (
+        Path(directory)
+        if directory is not None
+        else Path(tempfile.mkdtemp(prefix="talkie-sim-"))
+    )
     out.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     san = [x509.DNSName(d) for d in dns_names] + [
         x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses
     ]

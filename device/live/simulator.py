@@ -36,7 +36,38 @@ What it does (see /work/shared/live-protocol.md for the protocol facts):
   ``audioStreamEnd`` while it is off, close the socket with 1007
   "Request contains an invalid argument.".
 
-Faults are described on :class:`Fault`.
+An ``audioStreamEnd`` with no audio or text since the previous turn end starts no reply.
+
+Faults (:class:`Fault`, chosen per connection/turn by :class:`FaultPlan`) and what the
+google-genai 3.4.0 SDK raises (verified in tests/test_simulator_faults.py):
+
+================== =================================================== =============================
+fault              server does                                         SDK surfaces
+================== =================================================== =============================
+slow-setup         setupComplete after N s (default 2)                 ``connect()`` just takes longer
+close-1011-mid-... close 1011 "Internal error encountered." after the   ``APIError`` code 1011 from
+                   first reply chunk                                    ``receive()``; later ``send_*``
+                                                                        raise ``ConnectionClosed``
+goaway             goAway{timeLeft:"Ns"} after turnComplete, then       ``receive()`` yields
+                   close 1011 "Deadline expired before operation        ``.go_away.time_left``, then
+                   could complete."                                     ``APIError`` 1011
+close-1007         close 1007 "Request contains an invalid argument."   ``APIError`` 1007 (from
+                   (at setup by default)                                ``connect()`` at setup)
+close-1008         close 1008 "models/X is not found for API version   ``APIError`` 1008, reason cut
+                   V, or is not supported for bidiGenerateContent..."   at 123 bytes
+tcp-drop           transport abort, no close frame                      ``APIError`` 1006
+oversize-frame     one ~1.4 MiB frame                                   ``APIError`` 1006 (the client
+                                                                        closes 1009 itself)
+unknown-key        {"error": {...}}                                     ``TypeError`` (SDK bug)
+http-403/404       upgrade refused with JSON error body                 ``websockets.exceptions.
+                                                                        InvalidStatus`` (.response.
+                                                                        status_code)
+reject-handle      close 1007 "Request contains an invalid argument."   ``APIError`` 1007 from
+                   for a setup with a resumption handle                 ``connect()``
+================== =================================================== =============================
+
+All ``APIError`` here are the base class (close codes fall outside 400..599), with
+``.code`` = close code, ``.details`` = reason string, ``.status``/``.message`` None.
 """
 
 from __future__ import annotations
@@ -61,7 +92,7 @@ import wave
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -163,7 +194,11 @@ class FaultPlan:
 
     @property
     def delay_s(self) -> float:
-        return self.seconds if self.seconds is not None else _DEFAULT_SECONDS.get(self.fault, 0.0)
+        return (
+            self.seconds
+            if self.seconds is not None
+            else _DEFAULT_SECONDS.get(self.fault, 0.0)
+        )
 
     def applies(self, connection: int) -> bool:
         return self.connection is None or self.connection == connection
@@ -176,12 +211,16 @@ class FaultPlan:
             spec.strip(),
         )
         if not m:
-            raise ValueError(f"bad fault spec {spec!r}; use NAME[@CONN|*][:TURN][+SECONDS]")
+            raise ValueError(
+                f"bad fault spec {spec!r}; use NAME[@CONN|*][:TURN][+SECONDS]"
+            )
         try:
             fault = Fault(m["name"])
         except ValueError:
             names = ", ".join(f.value for f in Fault)
-            raise ValueError(f"unknown fault {m['name']!r}; choose one of: {names}") from None
+            raise ValueError(
+                f"unknown fault {m['name']!r}; choose one of: {names}"
+            ) from None
         conn: int | None = 0
         if m["conn"] == "*":
             conn = None
@@ -334,7 +373,9 @@ class _Voice:
             raise ValueError(f"voice must be 'espeak', 'tone' or 'auto', not {kind!r}")
         self.espeak = shutil.which("espeak-ng")
         if kind == "espeak" and not self.espeak:
-            raise RuntimeError("voice='espeak' needs espeak-ng: apt-get install espeak-ng")
+            raise RuntimeError(
+                "voice='espeak' needs espeak-ng: apt-get install espeak-ng"
+            )
         self.kind = "tone" if kind == "tone" or not self.espeak else "espeak"
         self._cache: dict[str, bytes] = {}
 
@@ -352,12 +393,22 @@ class _Voice:
     async def _espeak(self, text: str) -> bytes:
         assert self.espeak
         proc = await asyncio.create_subprocess_exec(
-            self.espeak, "--stdout", "-v", "en-us", "-s", "165", text,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            self.espeak,
+            "--stdout",
+            "-v",
+            "en-us",
+            "-s",
+            "165",
+            text,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await proc.communicate()
         if proc.returncode != 0 or not out:
-            log.warning("espeak-ng failed (%s), using a tone", err.decode(errors="replace")[:200])
+            log.warning(
+                "espeak-ng failed (%s), using a tone",
+                err.decode(errors="replace")[:200],
+            )
             return await asyncio.to_thread(_tone, text)
         return await asyncio.to_thread(_wav_to_reply_pcm, out)
 
@@ -441,7 +492,9 @@ class Simulator:
         if pace <= 0:
             raise ValueError("pace must be > 0 (a multiple of real time, e.g. 4.0)")
         if not 10 <= chunk_ms <= 5000:
-            raise ValueError("chunk_ms must be between 10 and 5000 (frames stay under 1 MiB)")
+            raise ValueError(
+                "chunk_ms must be between 10 and 5000 (frames stay under 1 MiB)"
+            )
         self.host = host
         self._port = port
         self._voice = _Voice(voice)
@@ -466,7 +519,7 @@ class Simulator:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Simulator:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -502,7 +555,9 @@ class Simulator:
     @property
     def port(self) -> int:
         if self._server is None:
-            raise RuntimeError("the simulator is not started; use 'async with Simulator()'")
+            raise RuntimeError(
+                "the simulator is not started; use 'async with Simulator()'"
+            )
         sock = next(iter(self._server.sockets))
         return int(sock.getsockname()[1])
 
@@ -515,7 +570,9 @@ class Simulator:
     def ca_file(self) -> Path:
         """PEM of this instance's self-signed certificate (its own trust anchor)."""
         if self._certs is None:
-            raise RuntimeError("the simulator is not started; use 'async with Simulator()'")
+            raise RuntimeError(
+                "the simulator is not started; use 'async with Simulator()'"
+            )
         return self._certs.cert_file
 
     @property
@@ -529,7 +586,10 @@ class Simulator:
 
     def http_options(self) -> dict[str, Any]:
         """``http_options`` for ``genai.Client`` pointing at this simulator."""
-        return {"base_url": self.base_url, "async_client_args": {"ssl": self.client_ssl_context()}}
+        return {
+            "base_url": self.base_url,
+            "async_client_args": {"ssl": self.client_ssl_context()},
+        }
 
     # -- test helpers ----------------------------------------------------------------------
 
@@ -546,17 +606,29 @@ class Simulator:
 
     async def wait_turns(self, n: int, timeout: float = 10.0) -> None:
         """Wait until ``n`` replies (all connections) have been completed with turnComplete."""
-        await self._wait(lambda: self.completed_turns() >= n, timeout, f"{n} completed turns")
+        await self._wait(
+            lambda: self.completed_turns() >= n, timeout, f"{n} completed turns"
+        )
 
     async def wait_connections(self, n: int, timeout: float = 10.0) -> None:
         """Wait until ``n`` connections (attempts) have been seen."""
-        await self._wait(lambda: len(self.connections) >= n, timeout, f"{n} connections")
+        await self._wait(
+            lambda: len(self.connections) >= n, timeout, f"{n} connections"
+        )
 
     async def wait_closed_connections(self, n: int, timeout: float = 10.0) -> None:
         """Wait until ``n`` connections have a close code (or a refused upgrade)."""
+
         def done() -> bool:
-            return sum(1 for c in self.connections
-                       if c.close_code is not None or c.http_status is not None) >= n
+            return (
+                sum(
+                    1
+                    for c in self.connections
+                    if c.close_code is not None or c.http_status is not None
+                )
+                >= n
+            )
+
         await self._wait(done, timeout, f"{n} closed connections")
 
     async def _wait(self, pred: Any, timeout: float, what: str) -> None:
@@ -564,6 +636,7 @@ class Simulator:
             while not pred():
                 self._changed.clear()
                 await self._changed.wait()
+
         try:
             await asyncio.wait_for(loop(), timeout)
         except TimeoutError:
@@ -572,41 +645,69 @@ class Simulator:
     def _notify(self) -> None:
         self._changed.set()
 
-    def _fault(self, rec: ConnectionRecord, fault: Fault, turn: int) -> FaultPlan | None:
+    def _fault(
+        self, rec: ConnectionRecord, fault: Fault, turn: int
+    ) -> FaultPlan | None:
         for plan in self.faults:
             if plan.fault is fault and plan.applies(rec.index) and plan.at_turn == turn:
                 rec.faults_fired.append(fault.value)
-                log.info("simulator: fault %s on connection %d turn %d", fault.value, rec.index, turn)
+                log.info(
+                    "simulator: fault %s on connection %d turn %d",
+                    fault.value,
+                    rec.index,
+                    turn,
+                )
                 return plan
         return None
 
     # -- handshake -------------------------------------------------------------------------
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    def _process_request(
+        self, conn: ServerConnection, request: Request
+    ) -> Response | None:
         # Not urlsplit: it reads a leading "//ws/..." as a host name.
         raw_path, _, raw_query = request.path.partition("?")
         query = urllib.parse.parse_qs(raw_query)
         key = request.headers.get("x-goog-api-key") or (query.get("key") or [None])[0]
-        headers = {k: (REDACTED if k.lower() in ("x-goog-api-key", "authorization") else v)
-                   for k, v in request.headers.raw_items()}
+        headers = {
+            k: (REDACTED if k.lower() in ("x-goog-api-key", "authorization") else v)
+            for k, v in request.headers.raw_items()
+        }
         path = raw_path + (f"?{_redact_query(raw_query)}" if raw_query else "")
-        rec = ConnectionRecord(index=len(self.connections), path=path, headers=headers, api_key=key)
+        rec = ConnectionRecord(
+            index=len(self.connections), path=path, headers=headers, api_key=key
+        )
         self.connections.append(rec)
         self._notify()
         m = _PATH_RE.match(raw_path)
         if self._fault(rec, Fault.HTTP_403, 0):
-            return self._refuse(rec, conn, 403, "PERMISSION_DENIED",
-                                "The caller does not have permission")
+            return self._refuse(
+                rec,
+                conn,
+                403,
+                "PERMISSION_DENIED",
+                "The caller does not have permission",
+            )
         if self._fault(rec, Fault.HTTP_404, 0) or not m:
-            return self._refuse(rec, conn, 404, "NOT_FOUND", "Requested entity was not found.")
+            return self._refuse(
+                rec, conn, 404, "NOT_FOUND", "Requested entity was not found."
+            )
         rec.api_version, rec.method = m["version"], m["method"]
         self._by_conn[id(conn)] = rec
         return None
 
-    def _refuse(self, rec: ConnectionRecord, conn: ServerConnection, status: int,
-                grpc_status: str, message: str) -> Response:
+    def _refuse(
+        self,
+        rec: ConnectionRecord,
+        conn: ServerConnection,
+        status: int,
+        grpc_status: str,
+        message: str,
+    ) -> Response:
         rec.http_status = status
-        body = json.dumps({"error": {"code": status, "message": message, "status": grpc_status}})
+        body = json.dumps(
+            {"error": {"code": status, "message": message, "status": grpc_status}}
+        )
         resp = conn.respond(http.HTTPStatus(status), body + "\n")
         resp.headers["Content-Type"] = "application/json; charset=UTF-8"
         self._notify()
@@ -639,13 +740,17 @@ class Simulator:
 
 def _redact_query(query: str) -> str:
     pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-    return urllib.parse.urlencode([(k, REDACTED if k == "key" else v) for k, v in pairs])
+    return urllib.parse.urlencode(
+        [(k, REDACTED if k == "key" else v) for k, v in pairs]
+    )
 
 
 class _Session:
     """One WebSocket connection's protocol state."""
 
-    def __init__(self, sim: Simulator, ws: ServerConnection, rec: ConnectionRecord) -> None:
+    def __init__(
+        self, sim: Simulator, ws: ServerConnection, rec: ConnectionRecord
+    ) -> None:
         self.sim = sim
         self.ws = ws
         self.rec = rec
@@ -707,9 +812,9 @@ class _Session:
         raw = await self.ws.recv(decode=False)
         try:
             msg = json.loads(raw)
-            if not isinstance(msg, dict):
-                raise ValueError("not an object")
         except ValueError:
+            msg = None
+        if not isinstance(msg, dict):
             await self.close(1007, INVALID_ARGUMENT)
         self.rec.messages.append(ClientMessage(time.monotonic(), normalise_keys(msg)))
         self.sim._notify()
@@ -751,9 +856,13 @@ class _Session:
             self.conv = conv
             conv.turns = turns
         parts = (setup.get("systemInstruction") or {}).get("parts") or []
-        self.system_text = " ".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
+        self.system_text = " ".join(
+            str(p.get("text", "")) for p in parts if isinstance(p, dict)
+        )
         ric = setup.get("realtimeInputConfig") or {}
-        self.aad_disabled = bool((ric.get("automaticActivityDetection") or {}).get("disabled"))
+        self.aad_disabled = bool(
+            (ric.get("automaticActivityDetection") or {}).get("disabled")
+        )
         self.no_interruption = ric.get("activityHandling") == "NO_INTERRUPTION"
         self.in_transcription = "inputAudioTranscription" in setup
         self.out_transcription = "outputAudioTranscription" in setup
@@ -766,9 +875,11 @@ class _Session:
             await self._goaway(plan)
 
     def _not_found(self, model: str) -> str:
-        return (f"{model} is not found for API version {self.rec.api_version}, or is not "
-                "supported for bidiGenerateContent. Call ListModels to see the list of "
-                "available models and their supported methods.")
+        return (
+            f"{model} is not found for API version {self.rec.api_version}, or is not "
+            "supported for bidiGenerateContent. Call ListModels to see the list of "
+            "available models and their supported methods."
+        )
 
     async def _read_loop(self) -> None:
         while True:
@@ -805,17 +916,25 @@ class _Session:
                 await self.close(1007, INVALID_ARGUMENT)
             self.rec.audio_buf += pcm
             self.turn_audio += len(pcm)
-            if (self.reply_task is not None and not self.reply_task.done()
-                    and not self.no_interruption and not self.aad_disabled
-                    and _rms(pcm) > self.sim.barge_in_rms):
+            if (
+                self.reply_task is not None
+                and not self.reply_task.done()
+                and not self.no_interruption
+                and not self.aad_disabled
+                and _rms(pcm) > self.sim.barge_in_rms
+            ):
                 await self._barge_in()
-        if "text" in ri and ri["text"]:
+        if ri.get("text"):
             self.turn_text.append(str(ri["text"]))
         if "activityStart" in ri or "activityEnd" in ri:
             if not self.aad_disabled:
                 await self.close(1007, INVALID_ARGUMENT)
-            if "activityStart" in ri and self.reply_task is not None and not self.reply_task.done() \
-                    and not self.no_interruption:
+            if (
+                "activityStart" in ri
+                and self.reply_task is not None
+                and not self.reply_task.done()
+                and not self.no_interruption
+            ):
                 await self._barge_in()
             if "activityEnd" in ri:
                 await self._end_turn("activityEnd")
@@ -846,8 +965,9 @@ class _Session:
         if not text and seconds == 0 and kind == "audioStreamEnd":
             return  # an empty stream end (e.g. after a turn already ended) is not a turn
         heard = text if text else f"[{seconds:.1f} s of audio]"
-        self.replies.put_nowait((int(seconds * TOKENS_PER_AUDIO_SECOND)
-                                 + max(0, len(text) // 4), heard))
+        self.replies.put_nowait(
+            (int(seconds * TOKENS_PER_AUDIO_SECOND) + max(0, len(text) // 4), heard)
+        )
 
     # -- replies --------------------------------------------------------------------------
 
@@ -877,25 +997,53 @@ class _Session:
         if sim._fault(self.rec, Fault.CLOSE_1007, n):
             await self.close(1007, INVALID_ARGUMENT)
         if sim._fault(self.rec, Fault.CLOSE_1008, n):
-            await self.close(1008, self._not_found(str((self.rec.setup or {}).get("model"))))
+            await self.close(
+                1008, self._not_found(str((self.rec.setup or {}).get("model")))
+            )
         if self.in_transcription:
-            await self.send({"serverContent": {"inputTranscription": {"text": heard,
-                                                                       "finished": True}}})
+            await self.send(
+                {
+                    "serverContent": {
+                        "inputTranscription": {"text": heard, "finished": True}
+                    }
+                }
+            )
         pcm_task = asyncio.create_task(sim._voice.pcm(text))
         await asyncio.sleep(sim.first_byte_delay_s)
         pcm = await pcm_task
         if sim._fault(self.rec, Fault.UNKNOWN_KEY, n):
-            await self.send({"error": {"code": 500, "message": INTERNAL_ERROR,
-                                       "status": "INTERNAL"}})
+            await self.send(
+                {
+                    "error": {
+                        "code": 500,
+                        "message": INTERNAL_ERROR,
+                        "status": "INTERNAL",
+                    }
+                }
+            )
             return
         if sim._fault(self.rec, Fault.OVERSIZE_FRAME, n):
             big = bytes(1_100_000)  # base64 makes this ~1.4 MiB on the wire
-            await self.send({"serverContent": {"modelTurn": {"parts": [{"inlineData": {
-                "mimeType": f"audio/pcm;rate={REPLY_RATE}", "data": _b64(big)}}]}}})
+            await self.send(
+                {
+                    "serverContent": {
+                        "modelTurn": {
+                            "parts": [
+                                {
+                                    "inlineData": {
+                                        "mimeType": f"audio/pcm;rate={REPLY_RATE}",
+                                        "data": _b64(big),
+                                    }
+                                }
+                            ]
+                        }
+                    }
+                }
+            )
             return
         chunk = REPLY_RATE * 2 * sim.chunk_ms // 1000
         chunk -= chunk % 2
-        chunks = [pcm[i:i + chunk] for i in range(0, len(pcm), chunk)] or [b""]
+        chunks = [pcm[i : i + chunk] for i in range(0, len(pcm), chunk)] or [b""]
         words = text.split()
         per = max(1, math.ceil(len(words) / len(chunks)))
         start = time.monotonic()
@@ -904,14 +1052,29 @@ class _Session:
             delay = start + i * period - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            content: dict[str, Any] = {"modelTurn": {"parts": [{"inlineData": {
-                "mimeType": f"audio/pcm;rate={REPLY_RATE}", "data": _b64(data)}}]}}
+            content: dict[str, Any] = {
+                "modelTurn": {
+                    "parts": [
+                        {
+                            "inlineData": {
+                                "mimeType": f"audio/pcm;rate={REPLY_RATE}",
+                                "data": _b64(data),
+                            }
+                        }
+                    ]
+                }
+            }
             await self.send({"serverContent": content})
-            piece = words[i * per:(i + 1) * per]
+            piece = words[i * per : (i + 1) * per]
             if self.out_transcription and piece:
                 lead = "" if i == 0 else " "
-                await self.send({"serverContent": {"outputTranscription": {
-                    "text": lead + " ".join(piece)}}})
+                await self.send(
+                    {
+                        "serverContent": {
+                            "outputTranscription": {"text": lead + " ".join(piece)}
+                        }
+                    }
+                )
             now = time.monotonic()
             if reply.first_chunk_t is None:
                 reply.first_chunk_t = now
@@ -933,7 +1096,9 @@ class _Session:
         }
         if self.resumption and not sim.handle_after_turn_complete:
             await self._send_handle()
-        await self.send({"serverContent": {"turnComplete": True}, "usageMetadata": usage})
+        await self.send(
+            {"serverContent": {"turnComplete": True}, "usageMetadata": usage}
+        )
         reply.completed = True
         sim._notify()
         if self.resumption and sim.handle_after_turn_complete:
@@ -945,7 +1110,9 @@ class _Session:
     async def _send_handle(self) -> None:
         handle = self.sim._issue_handle(self.conv)
         self.rec.handles_sent.append(handle)
-        await self.send({"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}})
+        await self.send(
+            {"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}}
+        )
 
     async def _goaway(self, plan: FaultPlan) -> None:
         seconds = plan.delay_s
@@ -958,25 +1125,47 @@ class _Session:
 # Standalone
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    parser: argparse.ArgumentParser | None = None,
+) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(
-        prog="python -m device.live.simulator", description="Run the local Gemini Live simulator.")
+        prog="python -m device.live.simulator",
+        description="Run the local Gemini Live simulator.",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--voice", choices=("auto", "espeak", "tone"), default="auto")
-    p.add_argument("--pace", type=float, default=4.0, help="reply speed, multiple of real time")
-    p.add_argument("--first-byte-delay", type=float, default=0.2, help="seconds before a reply")
-    p.add_argument("--api-key", default=None, help="accept only this key (default: any)")
+    p.add_argument(
+        "--pace", type=float, default=4.0, help="reply speed, multiple of real time"
+    )
+    p.add_argument(
+        "--first-byte-delay", type=float, default=0.2, help="seconds before a reply"
+    )
+    p.add_argument(
+        "--api-key", default=None, help="accept only this key (default: any)"
+    )
     p.add_argument("--cert-dir", default=None, help="where to write the certificate")
-    p.add_argument("--fault", action="append", default=[], metavar="NAME[@CONN|*][:TURN][+S]",
-                   help="inject a fault; names: " + ", ".join(f.value for f in Fault))
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME[@CONN|*][:TURN][+S]",
+        help="inject a fault; names: " + ", ".join(f.value for f in Fault),
+    )
     return p
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    async with Simulator(host=args.host, port=args.port, voice=args.voice, pace=args.pace,
-                         first_byte_delay_s=args.first_byte_delay, faults=args.fault,
-                         api_key=args.api_key, cert_dir=args.cert_dir) as sim:
+    async with Simulator(
+        host=args.host,
+        port=args.port,
+        voice=args.voice,
+        pace=args.pace,
+        first_byte_delay_s=args.first_byte_delay,
+        faults=args.fault,
+        api_key=args.api_key,
+        cert_dir=args.cert_dir,
+    ) as sim:
         print(f"base_url {sim.base_url}", flush=True)
         print(f"ca_file  {sim.ca_file}", flush=True)
         print(f"voice    {sim.voice}", flush=True)
