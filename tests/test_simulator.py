@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import math
 import ssl
 from typing import Any
 
 import numpy as np
 import pytest
+import websockets
 from google import genai
 from google.genai import errors, types
 
@@ -364,3 +367,43 @@ async def test_wait_turns_times_out_clearly() -> None:
     async with fast_sim() as sim:
         with pytest.raises(TimeoutError, match="1 completed turns"):
             await sim.wait_turns(1, timeout=0.1)
+
+
+async def test_raw_client_key_in_query_snake_case_and_binary_frames() -> None:
+    # An old SDK (<= 1.25) put the key in ?key= and spelled keys in snake_case.
+    async with fast_sim(api_key=KEY) as sim:
+        url = (
+            f"wss://127.0.0.1:{sim.port}/ws/google.ai.generativelanguage.v1alpha."
+            f"GenerativeService.BidiGenerateContent?key={KEY}"
+        )
+        async with websockets.connect(url, ssl=sim.client_ssl_context()) as ws:
+            await ws.send(json.dumps({"setup": {"model": f"models/{MODEL}"}}))
+            first = await asyncio.wait_for(ws.recv(), T)
+            assert isinstance(first, bytes) and json.loads(first) == {
+                "setupComplete": {}
+            }
+            audio = base64.urlsafe_b64encode(pcm(0.25, 1000)).rstrip(b"=").decode()
+            await ws.send(
+                json.dumps(
+                    {
+                        "realtime_input": {
+                            "media_chunks": [{"data": audio, "mime_type": "audio/pcm"}]
+                        }
+                    }
+                )
+            )
+            await ws.send(json.dumps({"realtime_input": {"audio_stream_end": True}}))
+            keys: list[str] = []
+            while "turnComplete" not in keys:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), T))
+                assert set(msg) <= {"serverContent", "usageMetadata"}
+                keys += list(msg["serverContent"])
+            assert keys[-2:] == ["generationComplete", "turnComplete"]
+        await sim.wait_turns(1, T)
+        rec = sim.connections[0]
+        assert rec.audio == pcm(0.25, 1000)
+        assert KEY not in rec.path and KEY not in repr(rec) and rec.api_key == KEY
+        assert (
+            rec.messages[1].data["realtimeInput"]["mediaChunks"][0]["mimeType"]
+            == "audio/pcm"
+        )

@@ -1008,9 +1008,10 @@ class _Session:
                     }
                 }
             )
-        pcm_task = asyncio.create_task(sim._voice.pcm(text))
-        await asyncio.sleep(sim.first_byte_delay_s)
-        pcm = await pcm_task
+        # Think time and synthesis overlap; gather cancels both if the reply is cut short.
+        pcm, _ = await asyncio.gather(
+            sim._voice.pcm(text), asyncio.sleep(sim.first_byte_delay_s)
+        )
         if sim._fault(self.rec, Fault.UNKNOWN_KEY, n):
             await self.send(
                 {
