@@ -1,0 +1,167 @@
+"""The sounddevice microphone: PortAudio capture, channel pick, 16 kHz, 20 ms frames.
+
+Why a blocking stream read in a thread, not a PortAudio callback: the daemon runs with
+`MemoryDenyWriteExecute=yes`, and sounddevice's callbacks are cffi `ffi.callback` closures
+that need writable+executable memory, which that setting forbids. A blocking `read()` needs no
+callback. The thread does the same as a callback would: it reads one block and hands it to the
+event loop with `loop.call_soon_threadsafe` into a bounded queue (overflows are counted, never
+logged there). The extra thread costs about nothing; latency is the same one block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+
+from device.audio.backend import FRAME_MS, MIC_RATE, MicFrame
+from device.audio.devices import backoff_delays, device_label, find_device, sd, translate
+from device.audio.resample import FrameCutter, Resampler, pick_channel
+from device.errors import AudioDeviceError
+
+log = logging.getLogger(__name__)
+
+#: on_state(state, error): state is 'ok' or 'error'; error is set while the device is failing.
+StateCallback = Callable[[str, AudioDeviceError | None], None]
+
+
+class SoundDeviceMicrophone:
+    """A PortAudio input as a Microphone: 20 ms, 16 kHz mono frames with capture times.
+
+    If the device fails mid-stream it is reopened with jittered backoff; meanwhile `state` is
+    'error' and `on_state` is called, and `frames()` simply waits.
+    """
+
+    def __init__(self, device: str = "default", *, rate: int = 0, channels: int = 1,
+                 channel: int = 0, block_ms: int = FRAME_MS, queue_blocks: int = 50,
+                 on_state: StateCallback | None = None) -> None:
+        if channel >= channels:
+            raise AudioDeviceError(f"[audio] input_channel = {channel} but input_channels = "
+                                   f"{channels}; pick a channel below {channels}")
+        self.device_spec = device
+        self.rate = rate
+        self.channels = channels
+        self.channel = channel
+        self.block_ms = block_ms
+        self.on_state = on_state
+        self.state = "closed"
+        self.error: AudioDeviceError | None = None
+        self.overflows = 0           # blocks the loop was too slow to take
+        self.device_overflows = 0    # PortAudio's own input overflows
+        self.reopens = 0
+        self._queue: asyncio.Queue[tuple[np.ndarray, float] | BaseException] = \
+            asyncio.Queue(queue_blocks)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stream = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._label = f"'{device}'"
+
+    async def __aenter__(self) -> SoundDeviceMicrophone:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._open)
+        self._set_state("ok", None)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self._close)
+        self.state = "closed"
+
+    def _open(self) -> None:
+        sdm = sd()
+        index = find_device(self.device_spec, "input")
+        self._label = device_label(index, "input")
+        rate = self.rate or int(sdm.query_devices(index, "input")["default_samplerate"])
+        block = rate * self.block_ms // 1000
+        try:
+            stream = sdm.InputStream(device=index, samplerate=rate, channels=self.channels,
+                                     dtype="int16", blocksize=block, latency="low")
+            stream.start()
+        except sdm.PortAudioError as e:
+            raise translate(e, "input", self._label, rate) from None
+        self.device_rate = rate
+        self._resampler = Resampler(rate, MIC_RATE)
+        self._cutter = FrameCutter()
+        self._stream = stream
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._reader, args=(stream, block),
+                                        name="talkie-mic", daemon=True)
+        self._thread.start()
+
+    def _close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+        if self._stream is not None:
+            try:
+                self._stream.abort()
+                self._stream.close()
+            except Exception:   # closing a dead device must not hide the first error
+                pass
+            self._stream = None
+
+    def _reader(self, stream, block: int) -> None:
+        """The capture thread: read a block, hand it over. No logging, no waiting on the loop."""
+        loop = self._loop
+        assert loop is not None
+        try:
+            while not self._stop.is_set():
+                data, overflowed = stream.read(block)
+                t = time.monotonic()
+                if overflowed:
+                    self.device_overflows += 1
+                loop.call_soon_threadsafe(self._put, (data, t))
+        except BaseException as e:   # handed to the loop, which reopens the device
+            if not self._stop.is_set():
+                loop.call_soon_threadsafe(self._put, e)
+
+    def _put(self, item: tuple[np.ndarray, float] | BaseException) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.overflows += 1
+
+    def _set_state(self, state: str, error: AudioDeviceError | None) -> None:
+        self.state, self.error = state, error
+        if self.on_state is not None:
+            self.on_state(state, error)
+
+    async def frames(self) -> AsyncIterator[MicFrame]:
+        """Frames as they are captured; survives the device failing and coming back."""
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, BaseException):
+                await self._recover(item)
+                continue
+            data, t_read = item
+            mono = pick_channel(data, self.channel) if data.ndim > 1 else data
+            out = self._resampler.process(mono.reshape(-1))
+            frames = self._cutter.push(out)
+            pending = self._cutter.pending
+            for k, f in enumerate(frames):
+                later = (len(frames) - 1 - k) * len(f) + pending
+                yield MicFrame(f.tobytes(), t_read - later / MIC_RATE)
+
+    async def _recover(self, exc: BaseException) -> None:
+        err = translate(exc, "input", self._label, self.rate) \
+            if not isinstance(exc, AudioDeviceError) else exc
+        log.warning("microphone failed, reopening: %s", err)
+        self._set_state("error", err)
+        await asyncio.to_thread(self._close)
+        for delay in backoff_delays():
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(self._open)
+            except AudioDeviceError as e:
+                log.info("microphone still unavailable: %s", e)
+                self._set_state("error", e)
+                continue
+            self.reopens += 1
+            log.info("microphone %s reopened", self._label)
+            self._set_state("ok", None)
+            return
