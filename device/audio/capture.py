@@ -56,7 +56,6 @@ class SoundDeviceMicrophone:
         self._queue: asyncio.Queue[tuple[np.ndarray, float] | BaseException] = \
             asyncio.Queue(queue_blocks)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stream = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._label = f"'{device}'"
@@ -72,43 +71,51 @@ class SoundDeviceMicrophone:
         self.state = "closed"
 
     def _open(self) -> None:
+        """Start the capture thread and wait until its stream runs (or failed to open)."""
         sdm = sd()
         index = find_device(self.device_spec, "input")
         self._label = device_label(index, "input")
         rate = self.rate or int(sdm.query_devices(index, "input")["default_samplerate"])
-        block = rate * self.block_ms // 1000
-        try:
-            stream = sdm.InputStream(device=index, samplerate=rate, channels=self.channels,
-                                     dtype="int16", blocksize=block, latency="low")
-            stream.start()
-        except sdm.PortAudioError as e:
-            raise translate(e, "input", self._label, rate) from None
         self.device_rate = rate
         self._resampler = Resampler(rate, MIC_RATE)
         self._cutter = FrameCutter()
-        self._stream = stream
         self._stop.clear()
-        self._thread = threading.Thread(target=self._reader, args=(stream, block),
+        started = threading.Event()
+        box: list[BaseException] = []
+        self._thread = threading.Thread(target=self._reader, args=(index, rate, started, box),
                                         name="talkie-mic", daemon=True)
         self._thread.start()
+        if not started.wait(10):
+            self._stop.set()
+            raise AudioDeviceError(f"microphone {self._label} did not start within 10 s; "
+                                   f"check the device and [audio] input")
+        if box:
+            self._thread.join(timeout=2)
+            raise translate(box[0], "input", self._label, rate)
 
     def _close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
             self._thread = None
-        if self._stream is not None:
-            try:
-                self._stream.abort()
-                self._stream.close()
-            except Exception:   # closing a dead device must not hide the first error
-                pass
-            self._stream = None
 
-    def _reader(self, stream, block: int) -> None:
-        """The capture thread: read a block, hand it over. No logging, no waiting on the loop."""
+    def _reader(self, index: int | None, rate: int, started: threading.Event,
+                box: list[BaseException]) -> None:
+        """The capture thread. It owns the stream from open to close (ALSA's pulse plugin
+        fails when a blocking stream is opened on one thread and used on another). In the
+        loop: read a block, hand it over; no logging, no waiting on the event loop."""
         loop = self._loop
         assert loop is not None
+        block = rate * self.block_ms // 1000
+        try:
+            stream = sd().InputStream(device=index, samplerate=rate, channels=self.channels,
+                                      dtype="int16", blocksize=block, latency="low")
+            stream.start()
+        except BaseException as e:
+            box.append(e)
+            started.set()
+            return
+        started.set()
         try:
             while not self._stop.is_set():
                 data, overflowed = stream.read(block)
@@ -119,6 +126,12 @@ class SoundDeviceMicrophone:
         except BaseException as e:   # handed to the loop, which reopens the device
             if not self._stop.is_set():
                 loop.call_soon_threadsafe(self._put, e)
+        finally:
+            try:
+                stream.abort()
+                stream.close()
+            except Exception:   # a dead device must not hide the first error
+                pass
 
     def _put(self, item: tuple[np.ndarray, float] | BaseException) -> None:
         try:

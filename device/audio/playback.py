@@ -44,7 +44,6 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         self.rate_asked = rate
         super().__init__(rate, volume=volume, max_volume=max_volume, prefill_s=prefill_ms / 1000)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stream = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._watch: asyncio.Task[None] | None = None
@@ -70,39 +69,46 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         self.state = "closed"
 
     def _open(self) -> None:
-        sdm = sd()
+        """Start the writer thread and wait until its stream runs (or failed to open)."""
         block = self.device_rate * self.block_ms // 1000
-        try:
-            stream = sdm.OutputStream(device=self._index, samplerate=self.device_rate,
-                                      channels=1, dtype="float32", blocksize=block,
-                                      latency="low")
-            stream.start()
-        except sdm.PortAudioError as e:
-            raise translate(e, "output", self._label, self.device_rate) from None
-        self.latency = float(stream.latency)
-        self._stream = stream
         self._stop.clear()
-        self._thread = threading.Thread(target=self._writer, args=(stream, block),
+        started = threading.Event()
+        box: list[BaseException] = []
+        self._thread = threading.Thread(target=self._writer, args=(block, started, box),
                                         name="talkie-speaker", daemon=True)
         self._thread.start()
+        if not started.wait(10):
+            self._stop.set()
+            raise AudioDeviceError(f"speaker {self._label} did not start within 10 s; check "
+                                   f"the device and [audio] output")
+        if box:
+            self._thread.join(timeout=2)
+            raise translate(box[0], "output", self._label, self.device_rate)
 
     def _close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
             self._thread = None
-        if self._stream is not None:
-            try:
-                self._stream.abort()
-                self._stream.close()
-            except Exception:   # a dead device must not hide the first error
-                pass
-            self._stream = None
 
-    def _writer(self, stream, block: int) -> None:
-        """The playback thread: pull a block, write it. No logging, no waiting on the loop."""
+    def _writer(self, block: int, started: threading.Event, box: list[BaseException]) -> None:
+        """The playback thread. It owns the stream from open to close: with ALSA's pulse
+        plugin a blocking stream opened on one thread and written from another fails. In the
+        loop: pull a block, write it; no logging, no waiting on the event loop."""
         loop = self._loop
         assert loop is not None
+        sdm = sd()
+        try:
+            stream = sdm.OutputStream(device=self._index, samplerate=self.device_rate,
+                                      channels=1, dtype="float32", blocksize=block,
+                                      latency="low")
+            stream.start()
+        except BaseException as e:
+            box.append(e)
+            started.set()
+            return
+        self.latency = float(stream.latency)
+        started.set()
         try:
             while not self._stop.is_set():
                 t_dac = time.monotonic() + self.latency
@@ -113,6 +119,12 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         except BaseException as e:
             if not self._stop.is_set():
                 loop.call_soon_threadsafe(self._failed.put_nowait, e)
+        finally:
+            try:
+                stream.abort()
+                stream.close()
+            except Exception:   # a dead device must not hide the first error
+                pass
 
     def _set_state(self, state: str, error: AudioDeviceError | None) -> None:
         self.state, self.error = state, error

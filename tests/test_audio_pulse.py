@@ -1,0 +1,139 @@
+"""The audio pipeline end to end through real PortAudio and a private PulseAudio server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import soxr
+
+from device.audio import open_audio
+from device.audio.backend import MIC_RATE, REPLY_RATE
+from device.audio.vad import VadGate
+from device.config import AudioConfig
+from device.errors import AudioDeviceError
+from device.events import SpeechAudio, SpeechEnd, SpeechStart
+from tests.audio_helpers import align, pitch, speech_bounds, tone
+from tests.pulse import espeak
+
+
+def _cfg(**kw) -> AudioConfig:
+    base = dict(backend="sounddevice", input="pulse", output="pulse")
+    base.update(kw)
+    return AudioConfig(**base)
+
+
+async def _collect(mic, seconds: float) -> list:
+    frames = []
+    async def run():
+        async for f in mic.frames():
+            frames.append(f)
+    try:
+        await asyncio.wait_for(run(), seconds)
+    except TimeoutError:
+        pass
+    return frames
+
+
+async def test_speech_fed_to_the_mic_reaches_the_gate_complete(pulse):
+    speech16 = espeak("Hello teddy, can you tell me a story about a dragon?", MIC_RATE, pitch=80)
+    speech48 = (soxr.resample(speech16.astype(np.float32), MIC_RATE, 48000)).astype(np.int16)
+    mic, _ = open_audio(_cfg(input_rate=48000))
+    gate = VadGate(AudioConfig())
+    events = []
+    async with mic:
+        pulse.feed(np.zeros(int(0.8 * 48000), np.int16))
+        pulse.feed(speech48)
+
+        async def run():
+            async for frame in mic.frames():
+                for ev in gate.process(frame):
+                    events.append(ev)
+                    if isinstance(ev, SpeechEnd):
+                        return
+        await asyncio.wait_for(run(), 15)
+    assert isinstance(events[0], SpeechStart) and isinstance(events[-1], SpeechEnd)
+    assert sum(isinstance(e, SpeechStart) for e in events) == 1, "one utterance, one start"
+    up = np.frombuffer(b"".join(e.pcm for e in events if isinstance(e, SpeechAudio)), np.int16)
+    lag, corr = align(up, speech16)
+    a, b = speech_bounds(speech16, MIC_RATE)
+    # Everything audible in the input is in what the gate sends, in one piece, undistorted.
+    assert corr > 0.9, f"uploaded audio does not match the speech (correlation {corr:.2f})"
+    assert lag + a >= int(0.5 * MIC_RATE), "less than 500 ms of pre-roll before the first sound"
+    assert lag + b <= len(up), "the end of the sentence was cut"
+
+
+async def test_speaker_is_heard_on_the_sink_and_reports_played(pulse):
+    _, spk = open_audio(_cfg(output_rate=48000, volume=1.0))
+    played = []
+    with pulse.record() as rec:
+        async with spk:
+            spk.on_played = lambda tr, tp: played.append((tr, tp))
+            t0 = time.monotonic()
+            spk.write(tone(440, 0.6, REPLY_RATE).tobytes(), t_received=t0)
+            await asyncio.wait_for(spk.drain(), 5)
+            await asyncio.sleep(0.2)
+    x = rec.samples()
+    loud = np.abs(x) > 2000
+    assert loud.sum() > 0.5 * 48000, "the tone did not reach the speaker's sink"
+    seg = x[np.nonzero(loud)[0][0]:][: 48000 // 2]
+    assert abs(pitch(seg, 48000) - 440) < 440 * 0.01
+    assert len(played) == 1 and played[0][0] == t0 and 0 <= played[0][1] - t0 < 0.5
+
+
+async def test_flush_silences_the_sink_within_50_ms(pulse):
+    _, spk = open_audio(_cfg(output_rate=48000, volume=1.0))
+    with pulse.record() as rec:
+        async with spk:
+            spk.write(tone(300, 3.0, REPLY_RATE).tobytes())
+            await asyncio.sleep(0.6)
+            t_flush = time.monotonic()
+            dropped = spk.flush()
+            await asyncio.sleep(0.5)
+            assert not spk.busy
+    x = rec.samples()
+    loud = np.nonzero(np.abs(x) > 300)[0]
+    assert len(loud) and dropped > 1.5
+    t_last = rec.time_of(int(loud[-1]))
+    assert t_last - t_flush < 0.050, f"sound went on {1000 * (t_last - t_flush):.0f} ms after flush"
+
+
+@pytest.mark.parametrize("rate", [48_000, 44_100])
+async def test_device_rates_give_16k_audio_at_the_right_pitch(pulse, rate):
+    pulse.use(rate)
+    mic, _ = open_audio(_cfg(input_rate=rate))
+    async with mic:
+        pulse.feed(tone(1000, 1.5, rate))
+        frames = await _collect(mic, 1.2)
+    pcm = np.frombuffer(b"".join(f.pcm for f in frames), np.int16)
+    assert all(len(f.pcm) == 640 for f in frames)
+    ts = np.array([f.t for f in frames])
+    assert np.all(np.diff(ts) > 0), "frame times must increase"
+    on = np.nonzero(np.abs(pcm) > 3000)[0]
+    assert len(on) > 0.5 * MIC_RATE, "the tone did not arrive"
+    f0 = pitch(pcm[on[0]:on[-1]], MIC_RATE)
+    assert abs(f0 - 1000) < 10, f"a 1 kHz tone came out at {f0:.1f} Hz"
+
+
+@pytest.mark.parametrize("rate", [48_000, 44_100])
+async def test_speaker_at_device_rates_keeps_pitch(pulse, rate):
+    pulse.use(rate)
+    _, spk = open_audio(_cfg(output_rate=rate, volume=1.0))
+    with pulse.record(rate) as rec:
+        async with spk:
+            spk.write(tone(500, 0.5, REPLY_RATE).tobytes())
+            await asyncio.wait_for(spk.drain(), 5)
+    x = rec.samples()
+    on = np.nonzero(np.abs(x) > 2000)[0]
+    assert len(on) > 0.4 * rate
+    assert abs(pitch(x[on[0]:on[-1]], rate) - 500) < 5
+
+
+def test_unknown_device_names_the_devices_and_the_fix(pulse):
+    with pytest.raises(AudioDeviceError) as e:
+        open_audio(_cfg(output="usb headset 3000"))
+    msg = str(e.value)
+    assert "speaker 'usb headset 3000' not found" in msg
+    assert "'pulse'" in msg and "[audio] output" in msg
