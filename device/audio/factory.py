@@ -15,8 +15,7 @@ def open_audio(cfg: AudioConfig, *, on_state: StateCallback | None = None,
     so the daemon can show `error` meanwhile. Raises AudioDeviceError if a named device does
     not exist (with the list of those that do).
     """
-    block_ms = getattr(cfg, "output_block_ms", 10)
-    prefill_ms = getattr(cfg, "prefill_ms", 60)
+    block_ms, prefill_ms = cfg.output_block_ms, cfg.prefill_ms
     if cfg.backend == "files":
         from device.audio.files import WavMicrophone, WavSpeaker
         channel = cfg.input_channel if cfg.input_channels > 1 else None

@@ -7,8 +7,9 @@ stays on in steady noise. The gate around it:
 - keeps a pre-roll ring (>= 500 ms) and sends it first, so the first syllable is never lost;
 - starts only after `min_speech_ms` of speech within a short window (a click is not speech);
 - keeps streaming for `hangover_ms` after the last speech frame, bridging pauses;
-- counts a frame as speech only if it is also louder than an adaptive noise floor by
-  `noise_guard_db`, so a fan or hum that webrtcvad mistakes for voice cannot hold it open;
+- counts a frame as speech only if it is also louder than an adaptive noise floor (the
+  quietest moment of the last 2 s) by `noise_guard_db`, so a fan or hum that webrtcvad
+  mistakes for voice cannot hold it open;
 - is `muted` while the box speaks (half duplex), unless an echo canceller is in front of it.
 """
 
@@ -53,6 +54,8 @@ class GateSettings:
     noise_guard_db: float = 4.0
     #: The start decision looks at this many ms of recent frames.
     start_window_ms: int = 300
+    #: The noise floor is the quietest moment in this window.
+    floor_window_ms: int = 2000
 
 
 def _settings_from(cfg: object) -> GateSettings:
@@ -96,6 +99,9 @@ class VadGate:
         self._ring: collections.deque[tuple[MicFrame, bool]] = collections.deque()
         self._silence_ms = 0.0
         self._floor_db: float | None = None
+        self._last_db: float | None = None
+        self._recent_db: collections.deque[float] = collections.deque(
+            maxlen=max(1, s.floor_window_ms // 20))
         self._far: collections.deque[bytes] = collections.deque(maxlen=50)
         #: Frames seen, frames streamed, starts: for status and benches.
         self.frames_in = 0
@@ -183,17 +189,12 @@ class VadGate:
     def _is_speech(self, pcm: bytes) -> bool:
         db = frame_db(pcm)
         voiced = self._vad.is_speech(pcm, MIC_RATE)
-        floor = self._floor_db
-        if floor is None:
-            self._floor_db = floor = db
-        loud = db > floor + self.settings.noise_guard_db
-        # The floor falls fast to quieter frames and rises slowly (about 4 s time constant)
-        # towards louder ones, so it learns steady noise but not a sentence.
-        if db < floor:
-            self._floor_db = floor + 0.2 * (db - floor)
-        elif not (voiced and loud):
-            self._floor_db = floor + 0.05 * (db - floor)
-        else:
-            self._floor_db = floor + 0.005 * (db - floor)
-        self._floor_db = max(self._floor_db, -90.0)
-        return voiced and loud
+        # Minimum statistics: the floor is the quietest 40 ms over the last `floor_window_ms`.
+        # Speech always has dips (between words, in stop consonants), so it barely moves the
+        # floor; steady noise lifts it to its own level within the window, and then fails the
+        # guard however much webrtcvad likes it.
+        smooth = db if self._last_db is None else 0.5 * (db + self._last_db)
+        self._last_db = db
+        self._recent_db.append(smooth)
+        self._floor_db = max(min(self._recent_db), -90.0)
+        return voiced and db > self._floor_db + self.settings.noise_guard_db
