@@ -56,6 +56,12 @@ class GateSettings:
     start_window_ms: int = 300
     #: The noise floor is the quietest moment in this window.
     floor_window_ms: int = 2000
+    #: Speech must also be this much louder than the room's usual peaks (a high percentile of
+    #: the level while nobody speaks).
+    peak_margin_db: float = 1.0
+    peak_percentile: float = 90.0
+    #: After this long without a 300 ms pause, the room's peaks are re-learned (_is_speech).
+    relearn_after_ms: int = 5_000
 
 
 def _settings_from(cfg: object) -> GateSettings:
@@ -81,6 +87,18 @@ def frame_db(pcm: bytes) -> float:
     return 10 * math.log10(ms / (32768.0 ** 2)) if ms > 0 else -100.0
 
 
+def voice_band_db(pcm: bytes, lo_hz: float = 250.0, hi_hz: float = 3800.0) -> float:
+    """Level in the voice band only, so mains hum, rumble and hiss count for little."""
+    x = np.frombuffer(pcm, np.int16).astype(np.float32)
+    if len(x) < 2:
+        return -100.0
+    spec = np.fft.rfft(x)
+    k0, k1 = int(lo_hz * len(x) / MIC_RATE), int(hi_hz * len(x) / MIC_RATE) + 1
+    band = spec[k0:k1]
+    ms = 2 * float(np.vdot(band, band).real) / (len(x) ** 2)
+    return 10 * math.log10(ms / (32768.0 ** 2)) if ms > 0 else -100.0
+
+
 class VadGate:
     """Turn microphone frames into SpeechStart / SpeechAudio... / SpeechEnd events.
 
@@ -102,6 +120,13 @@ class VadGate:
         self._last_db: float | None = None
         self._recent_db: collections.deque[float] = collections.deque(
             maxlen=max(1, s.floor_window_ms // 20))
+        self._idle_db: collections.deque[float] = collections.deque(maxlen=250)
+        self._active_db: collections.deque[float] = collections.deque(maxlen=250)
+        self._active_frames = 0
+        self._pending_db: collections.deque[float] = collections.deque()
+        self._pending_db_max = max(1, s.start_window_ms // 20)
+        self._idle_count = 0
+        self._idle_p90: float | None = None
         self._far: collections.deque[bytes] = collections.deque(maxlen=50)
         #: Frames seen, frames streamed, starts: for status and benches.
         self.frames_in = 0
@@ -154,6 +179,8 @@ class VadGate:
             out: list[GateEvent] = [SpeechAudio(pcm, frame.t)]
             self.frames_out += 1
             self._silence_ms = 0.0 if speech else self._silence_ms + frame_ms
+            if self._silence_ms >= 300:
+                self._active_frames = 0   # a real pause: this is not a never-ending noise
             if self._silence_ms >= s.hangover_ms:
                 self._active = False
                 out.append(SpeechEnd(frame.t))
@@ -164,8 +191,11 @@ class VadGate:
         while len(self._ring) > keep:
             self._ring.popleft()
         recent = list(self._ring)[-window:]
-        if sum(sp for _, sp in recent) * frame_ms < s.min_speech_ms:
+        if self._idle_p90 is None or sum(sp for _, sp in recent) * frame_ms < s.min_speech_ms:
             return []
+        self._pending_db.clear()   # those frames were speech, not the room
+        self._active_db.clear()
+        self._active_frames = 0
         # Speech: send the pre-roll (preroll_ms before the first speech frame) and what follows.
         frames = list(self._ring)
         first = len(frames) - len(recent) + next(i for i, (_, sp) in enumerate(recent) if sp)
@@ -187,7 +217,7 @@ class VadGate:
         self._silence_ms = 0.0
 
     def _is_speech(self, pcm: bytes) -> bool:
-        db = frame_db(pcm)
+        db = voice_band_db(pcm)
         voiced = self._vad.is_speech(pcm, MIC_RATE)
         # Minimum statistics: the floor is the quietest 40 ms over the last `floor_window_ms`.
         # Speech always has dips (between words, in stop consonants), so it barely moves the
@@ -197,4 +227,32 @@ class VadGate:
         self._last_db = db
         self._recent_db.append(smooth)
         self._floor_db = max(min(self._recent_db), -90.0)
-        return voiced and db > self._floor_db + self.settings.noise_guard_db
+        threshold = self._floor_db + self.settings.noise_guard_db
+        # Fluctuating noise (babble, a TV) has peaks far above its minimum: while the gate is
+        # idle, learn how loud the room gets without the child (90th percentile of the frames
+        # that left the start window without starting speech) and ask speech to be louder.
+        if not self._active:
+            self._pending_db.append(db)
+            if len(self._pending_db) > self._pending_db_max:
+                self._idle_db.append(self._pending_db.popleft())
+                self._idle_count += 1
+                if self._idle_count % 5 == 0 and len(self._idle_db) >= 25:
+                    self._idle_p90 = float(np.percentile(self._idle_db, self.settings.peak_percentile))
+        else:
+            # Held open this long, it is more likely the room than a child: re-learn the
+            # room's peaks from what was heard meanwhile (steady babble then closes the gate).
+            self._active_db.append(db)
+            self._active_frames += 1
+            if self._active_frames * 20 >= self.settings.relearn_after_ms:
+                self._active_frames = 0
+                self._idle_p90 = float(np.percentile(self._active_db, 99))
+                self._idle_db.clear()
+                self._idle_db.extend(self._active_db)
+        if self._idle_p90 is not None:
+            threshold = max(threshold, self._idle_p90 + self.settings.peak_margin_db)
+        return voiced and db > threshold
+
+    @property
+    def warmed_up(self) -> bool:
+        """True once the gate has heard the room long enough (about 0.8 s) to start."""
+        return self._idle_p90 is not None
