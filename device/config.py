@@ -77,7 +77,7 @@ class AudioConfig:
                               lo=0, hi=7)
     vad_aggressiveness: int = _key(2, "webrtcvad aggressiveness, 0 (lenient) to 3 (strict).",
                                    lo=0, hi=3)
-    preroll_ms: int = _key(600, "Audio kept from before speech starts, so no first syllable is "
+    preroll_ms: int = _key(700, "Audio kept from before speech starts, so no first syllable is "
                                 "clipped.", lo=500, hi=2000)
     hangover_ms: int = _key(600, "Silence after speech before the turn is declared over.",
                             lo=100, hi=3000)

@@ -47,7 +47,7 @@ class PassThrough:
 class GateSettings:
     """The gate's tuning; `VadGate(cfg.audio)` takes these from the config."""
     aggressiveness: int = 2
-    preroll_ms: int = 600
+    preroll_ms: int = 700
     hangover_ms: int = 600
     min_speech_ms: int = 120
     #: A frame must be this many dB above the noise floor to count as speech.
@@ -59,7 +59,7 @@ class GateSettings:
     #: Speech must also be this much louder than the room's usual peaks (a high percentile of
     #: the level while nobody speaks).
     peak_margin_db: float = 1.0
-    peak_percentile: float = 90.0
+    peak_percentile: float = 93.0
     #: After this long without a 300 ms pause, the room's peaks are re-learned (_is_speech).
     relearn_after_ms: int = 5_000
 
