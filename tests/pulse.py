@@ -230,7 +230,9 @@ class PulseServer:
                 raise PulseError(f"{tool} is missing: apt-get install pulseaudio pulseaudio-utils "
                                  f"libasound2-plugins")
         self.root.mkdir(parents=True, exist_ok=True)
-        lines = [f"load-module module-native-protocol-unix auth-anonymous=1 socket={self.socket}"]
+        lines = [f"load-module module-native-protocol-unix auth-anonymous=1 socket={self.socket}",
+                 # pacmd (kill-source-output etc.) talks to this; it finds it by the pid file.
+                 "load-module module-cli-protocol-unix"]
         for r in self.rates:
             lines.append(f"load-module module-null-sink sink_name=spk{r} rate={r} channels=2")
             lines.append(f"load-module module-pipe-source source_name=mic{r} "
@@ -240,7 +242,7 @@ class PulseServer:
         self._log = open(self.root / "pulseaudio.log", "wb")
         self._proc = subprocess.Popen(
             ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--system=false",
-             "--disallow-exit", "--use-pid-file=no", "--disable-shm=yes", "-F", str(script),
+             "--disallow-exit", "--use-pid-file=yes", "--disable-shm=yes", "-F", str(script),
              "--log-target=stderr", "--log-level=notice"],
             env=self.env(), stdout=self._log, stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent)
@@ -300,6 +302,11 @@ class PulseServer:
     def pactl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["pactl", *args], env=self.env(), capture_output=True, text=True,
                               check=check, timeout=10)
+
+    def pacmd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """pacmd, for what pactl cannot do (e.g. kill-source-output)."""
+        return subprocess.run(["pacmd", *args], env=self.env(), capture_output=True, text=True,
+                              timeout=10)
 
     def use(self, rate: int) -> None:
         """Make the `rate` sink and source the defaults (what PortAudio's 'pulse' opens)."""

@@ -137,3 +137,33 @@ def test_unknown_device_names_the_devices_and_the_fix(pulse):
     msg = str(e.value)
     assert "speaker 'usb headset 3000' not found" in msg
     assert "'pulse'" in msg and "[audio] output" in msg
+
+
+async def test_a_mic_that_fails_mid_stream_is_reopened_and_reports_error_then_ok(pulse):
+    states = []
+    mic, _ = open_audio(_cfg(input_rate=48000),
+                        on_state=lambda s, e: states.append((s, str(e) if e else None)))
+    async with mic:
+        assert await _collect(mic, 0.3)
+        # The sound server drops our stream, as when a USB mic is pulled out.
+        listing = pulse.pactl("list", "source-outputs").stdout
+        outputs = [block.split()[0] for block in listing.split("Source Output #")[1:]
+                   if "ALSA plug-in" in block]
+        assert len(outputs) == 1, f"our capture stream is not on the server: {listing}"
+        r = pulse.pacmd("kill-source-output", outputs[0])
+        assert r.returncode == 0 and not r.stdout.strip(), r
+        frames = await _collect(mic, 5.0)
+    assert [s for s, _ in states][:3] == ["ok", "error", "ok"], states
+    assert states[1][1].startswith("microphone 'pulse'")
+    assert len(frames) > 20, "frames flow again after the reopen"
+    assert mic.reopens == 1
+
+
+def test_busy_device_error_names_the_holder_and_the_fix():
+    import sounddevice as sd
+
+    from device.audio.devices import translate
+    err = translate(sd.PortAudioError("Device unavailable", -9985), "input", "'USB mic'")
+    msg = str(err)
+    assert msg.startswith("microphone 'USB mic' is busy, held by ")
+    assert "stop that program or give Talkie another device in [audio] input" in msg

@@ -38,7 +38,7 @@ class SoundDeviceMicrophone:
 
     def __init__(self, device: str = "default", *, rate: int = 0, channels: int = 1,
                  channel: int = 0, block_ms: int = FRAME_MS, queue_blocks: int = 50,
-                 on_state: StateCallback | None = None) -> None:
+                 on_state: StateCallback | None = None, stall_s: float = 2.0) -> None:
         if channel >= channels:
             raise AudioDeviceError(f"[audio] input_channel = {channel} but input_channels = "
                                    f"{channels}; pick a channel below {channels}")
@@ -48,6 +48,7 @@ class SoundDeviceMicrophone:
         self.channel = channel
         self.block_ms = block_ms
         self.on_state = on_state
+        self.stall_s = stall_s
         self.state = "closed"
         self.error: AudioDeviceError | None = None
         self.overflows = 0           # blocks the loop was too slow to take
@@ -147,7 +148,14 @@ class SoundDeviceMicrophone:
     async def frames(self) -> AsyncIterator[MicFrame]:
         """Frames as they are captured; survives the device failing and coming back."""
         while True:
-            item = await self._queue.get()
+            try:
+                item = await asyncio.wait_for(self._queue.get(), self.stall_s)
+            except TimeoutError:
+                # A read that never returns (an unplugged USB mic, a vanished PulseAudio
+                # source) raises nothing: silence from the device for this long is a failure.
+                item = AudioDeviceError(f"microphone {self._label} stopped delivering audio "
+                                        f"for {self.stall_s:.0f} s; check its cable and "
+                                        f"[audio] input")
             if isinstance(item, BaseException):
                 await self._recover(item)
                 continue
