@@ -27,11 +27,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from device.audio.backend import FRAME_SAMPLES, MIC_RATE, REPLY_RATE, MicFrame  # noqa: E402
-from device.audio.buffer import BufferedSpeaker  # noqa: E402
-from device.audio.resample import FrameCutter, Resampler  # noqa: E402
-from device.audio.vad import VadGate  # noqa: E402
-from device.config import AudioConfig  # noqa: E402
+from device.audio.backend import MIC_RATE, REPLY_RATE, MicFrame
+from device.audio.buffer import BufferedSpeaker
+from device.audio.resample import FrameCutter, Resampler
+from device.audio.vad import VadGate
+from device.config import AudioConfig
 
 SECONDS = 60
 

@@ -31,10 +31,10 @@ import webrtcvad
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from device.audio.backend import FRAME_SAMPLES, MIC_RATE, MicFrame  # noqa: E402
-from device.audio.vad import GateSettings, VadGate  # noqa: E402
-from device.config import AudioConfig  # noqa: E402
-from device.events import SpeechAudio  # noqa: E402
+from device.audio.backend import FRAME_SAMPLES, MIC_RATE, MicFrame
+from device.audio.vad import GateSettings, VadGate
+from device.config import AudioConfig
+from device.events import SpeechAudio
 
 SENTENCES = [
     "Hello teddy!",
@@ -139,7 +139,7 @@ def run_gate(x: np.ndarray, settings: GateSettings) -> tuple[np.ndarray, float]:
         f = MicFrame(x[k * FRAME_SAMPLES:(k + 1) * FRAME_SAMPLES].tobytes(), (k + 1) * 0.02)
         for ev in gate.process(f):
             if isinstance(ev, SpeechAudio):
-                sent[int(round(ev.t / 0.02)) - 1] = True
+                sent[round(ev.t / 0.02) - 1] = True
     return sent, time.process_time() - t0
 
 

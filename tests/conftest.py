@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-
 # --- audio: a private PulseAudio server (see tests/pulse.py) -------------------------------
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -125,7 +126,7 @@ class MonitorRecorder:
             ["parec", f"--device={sink}.monitor", f"--rate={rate}", "--channels=1",
              "--format=s16le", "--latency-msec=5", "--raw"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=server.env(),
-            preexec_fn=_die_with_parent)
+            preexec_fn=_die_with_parent)  # noqa: PLW1509
         self._chunks: list[bytes] = []
         self._base = 0                                # samples dropped from the front
         self._marks: list[tuple[int, float]] = []     # (samples so far, arrival time)
@@ -187,7 +188,7 @@ class Recording:
         self._rec = recorder
         self._start = recorder.total
 
-    def __enter__(self) -> Recording:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -239,13 +240,13 @@ class PulseServer:
                          f"file={self.root}/mic{r}.fifo rate={r} channels=1 format=s16le")
         script = self.root / "test.pa"
         script.write_text("\n".join(lines) + "\n")
-        self._log = open(self.root / "pulseaudio.log", "wb")
+        self._log = open(self.root / "pulseaudio.log", "wb")  # noqa: SIM115
         self._proc = subprocess.Popen(
             ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--system=false",
              "--disallow-exit", "--use-pid-file=yes", "--disable-shm=yes", "-F", str(script),
              "--log-target=stderr", "--log-level=notice"],
             env=self.env(), stdout=self._log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent)
+            preexec_fn=_die_with_parent)  # noqa: PLW1509
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -305,7 +306,7 @@ class PulseServer:
 
     def pacmd(self, *args: str) -> subprocess.CompletedProcess[str]:
         """pacmd, for what pactl cannot do (e.g. kill-source-output)."""
-        return subprocess.run(["pacmd", *args], env=self.env(), capture_output=True, text=True,
+        return subprocess.run(["pacmd", *args], env=self.env(), capture_output=True, text=True,  # noqa: PLW1510
                               timeout=10)
 
     def use(self, rate: int) -> None:

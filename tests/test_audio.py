@@ -13,7 +13,7 @@ from device.audio import open_audio
 from device.audio.backend import FRAME_SAMPLES, MIC_RATE, REPLY_RATE, MicFrame
 from device.audio.buffer import PlaybackBuffer
 from device.audio.earcons import NAMES, earcon
-from device.audio.files import WavMicrophone, WavSpeaker
+from device.audio.files import WavMicrophone
 from device.audio.resample import FrameCutter, Resampler, pick_channel
 from device.audio.vad import VadGate
 from device.config import AudioConfig
@@ -44,7 +44,7 @@ def _run_gate(gate: VadGate, x: np.ndarray) -> tuple[list, np.ndarray]:
         for ev in gate.process(f):
             events.append(ev)
             if isinstance(ev, SpeechAudio):
-                i = int(round(ev.t / 0.02)) - 1
+                i = round(ev.t / 0.02) - 1
                 sent[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES] = True
     return events, sent
 
@@ -82,7 +82,7 @@ def sentence() -> np.ndarray:
 
 
 def _scene(speech: np.ndarray, before_s: float = 2.0, after_s: float = 2.0) -> tuple[np.ndarray, int, int]:
-    pad = lambda s: np.zeros(int(s * MIC_RATE), np.int16)  # noqa: E731
+    pad = lambda s: np.zeros(int(s * MIC_RATE), np.int16)
     x = np.concatenate((pad(before_s), speech, pad(after_s)))
     a, b = speech_bounds(speech, MIC_RATE)
     off = len(pad(before_s))
@@ -130,7 +130,7 @@ def test_steady_noise_does_not_hold_the_gate_open(sentence):
     fan = np.convolve(rng.normal(0, 3000, len(x)), np.ones(8) / 8, "same")
     fan[:off + MIC_RATE] = 0
     mixed = np.clip(x + fan, -32768, 32767).astype(np.int16)
-    events, sent = _run_gate(VadGate(AudioConfig()), mixed)
+    _events, sent = _run_gate(VadGate(AudioConfig()), mixed)
     assert sent[on:off].mean() > 0.98
     assert sent[-5 * MIC_RATE:].mean() < 0.05, "steady noise kept the gate streaming"
 
@@ -190,7 +190,7 @@ async def test_wav_microphone_error_names_the_fix(tmp_path):
 
 async def test_wav_speaker_plays_at_device_pace_with_silence_flush_and_played(tmp_path):
     out = tmp_path / "out.wav"
-    mic, spk = open_audio(AudioConfig(backend="files", input=str(tmp_path / "x.wav"),
+    _mic, spk = open_audio(AudioConfig(backend="files", input=str(tmp_path / "x.wav"),
                                       output=str(out), volume=1.0, max_volume=0.5))
     played = []
     async with spk:

@@ -20,7 +20,7 @@ from tests.pulse import espeak
 
 
 def _cfg(**kw) -> AudioConfig:
-    base = dict(backend="sounddevice", input="pulse", output="pulse")
+    base = {"backend": "sounddevice", "input": "pulse", "output": "pulse"}
     base.update(kw)
     return AudioConfig(**base)
 
@@ -167,3 +167,8 @@ def test_busy_device_error_names_the_holder_and_the_fix():
     msg = str(err)
     assert msg.startswith("microphone 'USB mic' is busy, held by ")
     assert "stop that program or give Talkie another device in [audio] input" in msg
+
+
+def test_unknown_microphone_fails_at_open_audio(pulse):
+    with pytest.raises(AudioDeviceError, match=r"microphone 'array mic' not found; input devices"):
+        open_audio(_cfg(input="array mic"))

@@ -15,11 +15,18 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Self
 
 import numpy as np
 
 from device.audio.backend import FRAME_MS, MIC_RATE, MicFrame
-from device.audio.devices import backoff_delays, device_label, find_device, sd, translate
+from device.audio.devices import (
+    backoff_delays,
+    device_label,
+    find_device,
+    sd,
+    translate,
+)
 from device.audio.resample import FrameCutter, Resampler, pick_channel
 from device.errors import AudioDeviceError
 
@@ -60,8 +67,9 @@ class SoundDeviceMicrophone:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._label = f"'{device}'"
+        find_device(device, "input")   # a wrong name fails at start, with the list of devices
 
-    async def __aenter__(self) -> SoundDeviceMicrophone:
+    async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._open)
         self._set_state("ok", None)
@@ -112,7 +120,7 @@ class SoundDeviceMicrophone:
             stream = sd().InputStream(device=index, samplerate=rate, channels=self.channels,
                                       dtype="int16", blocksize=block, latency="low")
             stream.start()
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001
             box.append(e)
             started.set()
             return
@@ -124,14 +132,14 @@ class SoundDeviceMicrophone:
                 if overflowed:
                     self.device_overflows += 1
                 loop.call_soon_threadsafe(self._put, (data, t))
-        except BaseException as e:   # handed to the loop, which reopens the device
+        except BaseException as e:   # handed to the loop, which reopens the device  # noqa: BLE001
             if not self._stop.is_set():
                 loop.call_soon_threadsafe(self._put, e)
         finally:
             try:
                 stream.abort()
                 stream.close()
-            except Exception:   # a dead device must not hide the first error
+            except Exception:   # a dead device must not hide the first error  # noqa: BLE001, S110
                 pass
 
     def _put(self, item: tuple[np.ndarray, float] | BaseException) -> None:

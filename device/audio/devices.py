@@ -62,7 +62,7 @@ def device_label(index: int | None, kind: Kind) -> str:
     try:
         d = sd().query_devices(index, kind) if index is not None else sd().query_devices(kind=kind)
         return f"'{d['name']}'"
-    except Exception:
+    except Exception:  # noqa: BLE001
         return f"#{index}" if index is not None else "'default'"
 
 

@@ -15,6 +15,7 @@ import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import soxr
@@ -70,7 +71,7 @@ class WavMicrophone:
         self.realtime = realtime
         self._pcm: np.ndarray | None = None
 
-    async def __aenter__(self) -> WavMicrophone:
+    async def __aenter__(self) -> Self:
         self._pcm = await asyncio.to_thread(read_wav, self.path, MIC_RATE, self.channel)
         return self
 
@@ -112,10 +113,10 @@ class WavSpeaker(BufferedSpeaker):
         self._task: asyncio.Task[None] | None = None
         self.written_s = 0.0
 
-    async def __aenter__(self) -> WavSpeaker:
+    async def __aenter__(self) -> Self:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            w = wave.open(str(self.path), "wb")
+            w = wave.open(str(self.path), "wb")  # noqa: SIM115
         except OSError as e:
             raise AudioDeviceError(f"speaker file {self.path} cannot be written ({e.strerror}); "
                                    f"set [audio] output to a writable path") from None

@@ -14,11 +14,17 @@ import asyncio
 import logging
 import threading
 import time
-
+from typing import Self
 
 from device.audio.buffer import BufferedSpeaker
 from device.audio.capture import StateCallback
-from device.audio.devices import backoff_delays, device_label, find_device, sd, translate
+from device.audio.devices import (
+    backoff_delays,
+    device_label,
+    find_device,
+    sd,
+    translate,
+)
 from device.errors import AudioDeviceError
 
 log = logging.getLogger(__name__)
@@ -50,7 +56,7 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         self._failed: asyncio.Queue[BaseException] = asyncio.Queue()
         self.latency = 0.0
 
-    async def __aenter__(self) -> SoundDeviceSpeaker:
+    async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._open)
         self._set_state("ok", None)
@@ -103,7 +109,7 @@ class SoundDeviceSpeaker(BufferedSpeaker):
                                       channels=1, dtype="float32", blocksize=block,
                                       latency="low")
             stream.start()
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001
             box.append(e)
             started.set()
             return
@@ -116,14 +122,14 @@ class SoundDeviceSpeaker(BufferedSpeaker):
                 stream.write(data)
                 if played:
                     loop.call_soon_threadsafe(self._report_played, played)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001
             if not self._stop.is_set():
                 loop.call_soon_threadsafe(self._failed.put_nowait, e)
         finally:
             try:
                 stream.abort()
                 stream.close()
-            except Exception:   # a dead device must not hide the first error
+            except Exception:   # a dead device must not hide the first error  # noqa: BLE001, S110
                 pass
 
     def _set_state(self, state: str, error: AudioDeviceError | None) -> None:
