@@ -253,3 +253,11 @@ def test_earcons_are_short_soft_distinct_and_click_free():
     assert earcon("wake", 48000) is earcon("wake", 48000)
     with pytest.raises(ValueError, match="unknown earcon"):
         earcon("boing", 48000)
+
+
+def test_speech_soon_after_the_mic_opens_is_kept_whole(sentence):
+    # The gate learns the room for ~0.8 s before it may start; speech 0.4 s in is kept whole.
+    x, on, off = _scene(sentence, 0.4, 1.5)
+    events, sent = _run_gate(VadGate(AudioConfig()), x)
+    assert sum(isinstance(e, SpeechStart) for e in events) == 1
+    assert sent[:off].all(), "everything from the start of the file to the end of speech is sent"
