@@ -81,6 +81,9 @@ async def test_speaker_is_heard_on_the_sink_and_reports_played(pulse):
     seg = x[np.nonzero(loud)[0][0]:][: 48000 // 2]
     assert abs(pitch(seg, 48000) - 440) < 440 * 0.01
     assert len(played) == 1 and played[0][0] == t0 and 0 <= played[0][1] - t0 < 0.5
+    # on_played's time is when the sound is really heard (the monitor's clock, +-10 ms).
+    t_heard = rec.time_of(int(np.nonzero(loud)[0][0]))
+    assert abs(played[0][1] - t_heard) < 0.05, f"on_played off by {played[0][1] - t_heard:+.3f} s"
 
 
 async def test_flush_silences_the_sink_within_50_ms(pulse):
@@ -172,3 +175,20 @@ def test_busy_device_error_names_the_holder_and_the_fix():
 def test_unknown_microphone_fails_at_open_audio(pulse):
     with pytest.raises(AudioDeviceError, match=r"microphone 'array mic' not found; input devices"):
         open_audio(_cfg(input="array mic"))
+
+
+async def test_earcons_are_heard_and_distinct(pulse):
+    from device.audio.earcons import NAMES
+    _, spk = open_audio(_cfg(output_rate=48000, volume=1.0))
+    pitches = {}
+    async with spk:
+        for name in ("wake", "error"):
+            with pulse.record() as rec:
+                spk.play_earcon(name)
+                await asyncio.sleep(0.6)
+            x = rec.samples()
+            on = np.nonzero(np.abs(x) > 1000)[0]
+            assert len(on) > 0.1 * 48000, f"earcon {name} not heard"
+            pitches[name] = pitch(x[on[0]:on[-1]], 48000)
+    assert set(NAMES) >= {"wake", "error"}
+    assert pitches["wake"] > 1.5 * pitches["error"]
