@@ -7,6 +7,7 @@ queue; neither side holds it for more than a few array operations.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from device.audio import earcons
+from device.audio.backend import REPLY_RATE
+from device.audio.resample import Resampler
 
 
 @dataclass
@@ -200,8 +203,6 @@ class BufferedSpeaker:
 
     def __init__(self, device_rate: int, *, volume: float, max_volume: float,
                  prefill_s: float) -> None:
-        from device.audio.backend import REPLY_RATE
-        from device.audio.resample import Resampler
         self.device_rate = device_rate
         self.buffer = PlaybackBuffer(device_rate, volume=volume, max_volume=max_volume,
                                      prefill_s=prefill_s)
@@ -229,7 +230,6 @@ class BufferedSpeaker:
 
     async def drain(self) -> None:
         """Wait until everything queued has been heard."""
-        import asyncio
         while self.busy:
             await asyncio.sleep(0.01)
 
