@@ -192,3 +192,27 @@ async def test_earcons_are_heard_and_distinct(pulse):
             pitches[name] = pitch(x[on[0]:on[-1]], 48000)
     assert set(NAMES) >= {"wake", "error"}
     assert pitches["wake"] > 1.5 * pitches["error"]
+
+
+async def test_a_speaker_that_fails_mid_stream_is_reopened_and_plays_again(pulse):
+    states = []
+    _, spk = open_audio(_cfg(output_rate=48000, volume=1.0),
+                        on_state=lambda s, e: states.append((s, str(e) if e else None)))
+    async with spk:
+        listing = pulse.pactl("list", "sink-inputs").stdout
+        inputs = [block.split()[0] for block in listing.split("Sink Input #")[1:]
+                  if "ALSA plug-in" in block]
+        assert len(inputs) == 1, listing
+        r = pulse.pacmd("kill-sink-input", inputs[0])
+        assert r.returncode == 0 and not r.stdout.strip(), r
+        for _ in range(80):
+            if spk.reopens:
+                break
+            await asyncio.sleep(0.1)
+        assert [s for s, _ in states][:3] == ["ok", "error", "ok"], states
+        assert states[1][1].startswith("speaker 'pulse'")
+        with pulse.record() as rec:
+            spk.write(tone(440, 0.3, REPLY_RATE).tobytes())
+            await asyncio.wait_for(spk.drain(), 5)
+            await asyncio.sleep(0.1)
+        assert (np.abs(rec.samples()) > 2000).sum() > 0.2 * 48000, "not heard after the reopen"

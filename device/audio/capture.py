@@ -88,10 +88,12 @@ class SoundDeviceMicrophone:
         self.device_rate = rate
         self._resampler = Resampler(rate, MIC_RATE)
         self._cutter = FrameCutter()
-        self._stop.clear()
+        # A fresh stop flag per thread: a thread stuck in a dead device must not be revived.
+        self._stop = stop = threading.Event()
         started = threading.Event()
         box: list[BaseException] = []
-        self._thread = threading.Thread(target=self._reader, args=(index, rate, started, box),
+        self._thread = threading.Thread(target=self._reader,
+                                        args=(index, rate, started, box, stop),
                                         name="talkie-mic", daemon=True)
         self._thread.start()
         if not started.wait(10):
@@ -109,7 +111,7 @@ class SoundDeviceMicrophone:
             self._thread = None
 
     def _reader(self, index: int | None, rate: int, started: threading.Event,
-                box: list[BaseException]) -> None:
+                box: list[BaseException], stop: threading.Event) -> None:
         """The capture thread. It owns the stream from open to close (ALSA's pulse plugin
         fails when a blocking stream is opened on one thread and used on another). In the
         loop: read a block, hand it over; no logging, no waiting on the event loop."""
@@ -126,14 +128,16 @@ class SoundDeviceMicrophone:
             return
         started.set()
         try:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 data, overflowed = stream.read(block)
                 t = time.monotonic()
+                if stop.is_set():
+                    break
                 if overflowed:
                     self.device_overflows += 1
                 loop.call_soon_threadsafe(self._put, (data, t))
         except BaseException as e:   # handed to the loop, which reopens the device  # noqa: BLE001
-            if not self._stop.is_set():
+            if not stop.is_set():
                 loop.call_soon_threadsafe(self._put, e)
         finally:
             try:

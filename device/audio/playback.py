@@ -35,8 +35,10 @@ class SoundDeviceSpeaker(BufferedSpeaker):
 
     def __init__(self, device: str = "default", *, rate: int = 0, volume: float = 0.8,
                  max_volume: float = 1.0, prefill_ms: int = 60, block_ms: int = 10,
-                 on_state: StateCallback | None = None) -> None:
+                 on_state: StateCallback | None = None, stall_s: float = 2.0) -> None:
         self.device_spec = device
+        self.stall_s = stall_s
+        self._last_write = time.monotonic()
         self.block_ms = block_ms
         self.on_state = on_state
         self.state = "closed"
@@ -77,10 +79,12 @@ class SoundDeviceSpeaker(BufferedSpeaker):
     def _open(self) -> None:
         """Start the writer thread and wait until its stream runs (or failed to open)."""
         block = self.device_rate * self.block_ms // 1000
-        self._stop.clear()
+        # A fresh stop flag per thread: a thread stuck in a dead device must not be revived.
+        self._stop = stop = threading.Event()
         started = threading.Event()
         box: list[BaseException] = []
-        self._thread = threading.Thread(target=self._writer, args=(block, started, box),
+        self._last_write = time.monotonic()
+        self._thread = threading.Thread(target=self._writer, args=(block, started, box, stop),
                                         name="talkie-speaker", daemon=True)
         self._thread.start()
         if not started.wait(10):
@@ -97,7 +101,8 @@ class SoundDeviceSpeaker(BufferedSpeaker):
             self._thread.join(timeout=2)
             self._thread = None
 
-    def _writer(self, block: int, started: threading.Event, box: list[BaseException]) -> None:
+    def _writer(self, block: int, started: threading.Event, box: list[BaseException],
+                stop: threading.Event) -> None:
         """The playback thread. It owns the stream from open to close: with ALSA's pulse
         plugin a blocking stream opened on one thread and written from another fails. In the
         loop: pull a block, write it; no logging, no waiting on the event loop."""
@@ -116,14 +121,15 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         self.latency = float(stream.latency)
         started.set()
         try:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 t_dac = time.monotonic() + self.latency
                 data, played = self._pull(block, t_dac)
                 stream.write(data)
+                self._last_write = time.monotonic()
                 if played:
                     loop.call_soon_threadsafe(self._report_played, played)
         except BaseException as e:  # noqa: BLE001
-            if not self._stop.is_set():
+            if not stop.is_set():
                 loop.call_soon_threadsafe(self._failed.put_nowait, e)
         finally:
             try:
@@ -139,7 +145,15 @@ class SoundDeviceSpeaker(BufferedSpeaker):
 
     async def _supervise(self) -> None:
         while True:
-            exc = await self._failed.get()
+            try:
+                exc: BaseException = await asyncio.wait_for(self._failed.get(), 0.5)
+            except TimeoutError:
+                # A write that never returns (a vanished device or sound server) raises
+                # nothing: a device that takes no audio for this long has failed.
+                if time.monotonic() - self._last_write < self.stall_s:
+                    continue
+                exc = AudioDeviceError(f"speaker {self._label} stopped taking audio for "
+                                       f"{self.stall_s:.0f} s; check it and [audio] output")
             err = exc if isinstance(exc, AudioDeviceError) else \
                 translate(exc, "output", self._label, self.device_rate)
             log.warning("speaker failed, reopening: %s", err)
