@@ -216,3 +216,21 @@ async def test_a_speaker_that_fails_mid_stream_is_reopened_and_plays_again(pulse
             await asyncio.wait_for(spk.drain(), 5)
             await asyncio.sleep(0.1)
         assert (np.abs(rec.samples()) > 2000).sum() > 0.2 * 48000, "not heard after the reopen"
+
+
+def test_audio_commands_list_devices_and_hear_speech(pulse, tmp_path, capsys):
+    import argparse
+
+    from device.audio.commands import add_commands
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["audio-devices"])
+    assert args.func(args) == 0
+    assert "pulse" in capsys.readouterr().out
+    conf = tmp_path / "c.toml"
+    conf.write_text('[audio]\ninput = "pulse"\noutput = "pulse"\ninput_rate = 48000\n')
+    speech = espeak("Hello, can you hear me?", 48000)
+    pulse.feed(np.concatenate((np.zeros(48000, np.int16), speech)))
+    args = parser.parse_args(["audio-check", "--config", str(conf), "--seconds", "3.5"])
+    assert args.func(args) == 0
+    assert "speech heard: yes" in capsys.readouterr().out
