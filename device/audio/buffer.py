@@ -208,7 +208,8 @@ class BufferedSpeaker:
                                      prefill_s=prefill_s)
         self._resampler = Resampler(REPLY_RATE, device_rate)
         self.on_played: Callable[[float, float], None] | None = None
-        self._heard_until = 0.0     # monotonic time the last pulled sound leaves the device
+        self._heard_until = 0.0     # monotonic time the last pulled reply leaves the device
+        self._sound_until = 0.0     # ... the last pulled reply or earcon
 
     # --- the Speaker protocol ---
 
@@ -225,12 +226,12 @@ class BufferedSpeaker:
 
     @property
     def busy(self) -> bool:
-        """True while reply audio is queued or still coming out of the device."""
+        """True while reply audio is queued or still coming out of the device (not earcons)."""
         return self.buffer.queued_s > 0 or time.monotonic() < self._heard_until
 
     async def drain(self) -> None:
-        """Wait until everything queued has been heard."""
-        while self.busy:
+        """Wait until everything queued (replies and earcons) has been heard."""
+        while self.busy or self.buffer.active or time.monotonic() < self._sound_until:
             await asyncio.sleep(0.01)
 
     def play_earcon(self, name: str) -> None:
@@ -253,10 +254,12 @@ class BufferedSpeaker:
 
     def _pull(self, n: int, t_dac: float) -> tuple[np.ndarray, list[tuple[float, float]]]:
         """Next block of `n` samples, to be heard from `t_dac`; returns (block, played marks)."""
-        had_audio = self.buffer.active
+        had_reply, had_sound = self.buffer.queued_s > 0, self.buffer.active
         block, marks = self.buffer.pull(n)
-        if had_audio:
+        if had_reply:
             self._heard_until = t_dac + n / self.device_rate
+        if had_sound:
+            self._sound_until = t_dac + n / self.device_rate
         return block, [(t_recv, t_dac + off / self.device_rate) for t_recv, off in marks]
 
     def _report_played(self, played: list[tuple[float, float]]) -> None:

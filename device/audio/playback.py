@@ -109,22 +109,31 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         loop = self._loop
         assert loop is not None
         sdm = sd()
-        try:
-            stream = sdm.OutputStream(device=self._index, samplerate=self.device_rate,
-                                      channels=1, dtype="float32", blocksize=block,
-                                      latency="low")
-            stream.start()
-        except BaseException as e:  # noqa: BLE001
-            box.append(e)
-            started.set()
-            return
+        stream = None
+        # Mono first; raw ALSA devices (an I2S amplifier, the Pi's jack on hw:) often take
+        # only stereo, so fall back to two identical channels.
+        for channels in (1, 2):
+            try:
+                stream = sdm.OutputStream(device=self._index, samplerate=self.device_rate,
+                                          channels=channels, dtype="float32",
+                                          blocksize=block, latency="low")
+                stream.start()
+                break
+            except BaseException as e:  # noqa: BLE001
+                if channels == 1 and "channel" in str(e).lower():
+                    continue
+                box.append(e)
+                started.set()
+                return
+        assert stream is not None
+        self.channels = channels
         self.latency = float(stream.latency)
         started.set()
         try:
             while not stop.is_set():
                 t_dac = time.monotonic() + self.latency
                 data, played = self._pull(block, t_dac)
-                stream.write(data)
+                stream.write(data if channels == 1 else np.repeat(data[:, None], 2, axis=1))
                 self._last_write = time.monotonic()
                 if played:
                     loop.call_soon_threadsafe(self._report_played, played)
