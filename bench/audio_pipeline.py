@@ -90,10 +90,11 @@ async def wav_flush_latency() -> float:
             return time.monotonic() - t
 
 
-async def pulse_flush_latencies(runs: int = 5) -> tuple[list[float], float]:
+async def pulse_flush_latencies(runs: int = 5) -> tuple[list[float], float, list[float]]:
     from device.audio.playback import SoundDeviceSpeaker
     from tests.pulse import PulseServer
-    out = []
+    out: list[float] = []
+    errors: list[float] = []
     with tempfile.TemporaryDirectory() as d:
         server = PulseServer(Path(d))
         server.start()
@@ -101,10 +102,12 @@ async def pulse_flush_latencies(runs: int = 5) -> tuple[list[float], float]:
             t = np.arange(REPLY_RATE * 3) / REPLY_RATE
             tone = (0.5 * 32767 * np.sin(2 * np.pi * 300 * t)).astype(np.int16).tobytes()
             spk = SoundDeviceSpeaker("pulse", rate=48_000, volume=1.0)
+            played: list[float] = []
+            spk.on_played = lambda t_recv, t_played: played.append(t_played)
             async with spk:
                 for _ in range(runs):
                     rec = server.record()
-                    spk.write(tone)
+                    spk.write(tone, t_received=time.monotonic())
                     await asyncio.sleep(0.5)
                     t_flush = time.monotonic()
                     spk.flush()
@@ -112,10 +115,11 @@ async def pulse_flush_latencies(runs: int = 5) -> tuple[list[float], float]:
                     x = rec.samples()
                     loud = np.nonzero(np.abs(x) > 300)[0]
                     out.append(rec.time_of(int(loud[-1])) - t_flush)
+                    errors.append(played[-1] - rec.time_of(int(loud[0])))
                 latency = spk.latency
         finally:
             server.stop()
-    return out, latency
+    return out, latency, errors
 
 
 def main() -> int:
@@ -142,11 +146,13 @@ def main() -> int:
           f"max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print(f"WAV speaker flush -> silent: {asyncio.run(wav_flush_latency()) * 1000:.1f} ms")
     if not args.no_pulse:
-        lat, dev = asyncio.run(pulse_flush_latencies())
+        lat, dev, err = asyncio.run(pulse_flush_latencies())
         print(f"PortAudio->PulseAudio flush -> last sound on the sink: median "
               f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms over "
               f"{len(lat)} runs (stream latency {dev * 1000:.0f} ms, block 10 ms, +-10 ms "
               f"recording error)")
+        print(f"on_played vs when the sink played the first sample: "
+              f"{', '.join(f'{e * 1000:+.0f}' for e in err)} ms")
     return 0
 
 
