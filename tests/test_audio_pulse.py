@@ -234,3 +234,37 @@ def test_audio_commands_list_devices_and_hear_speech(pulse, tmp_path, capsys):
     args = parser.parse_args(["audio-check", "--config", str(conf), "--seconds", "3.5"])
     assert args.func(args) == 0
     assert "speech heard: yes" in capsys.readouterr().out
+
+
+_MDWE_CHILD = """
+import asyncio, ctypes, sys
+if ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) != 0:   # PR_SET_MDWE, as MemoryDenyWriteExecute=yes
+    print("no-mdwe"); sys.exit(0)
+from device.audio import open_audio
+from device.config import AudioConfig
+async def main():
+    mic, spk = open_audio(AudioConfig(input="pulse", output="pulse", input_rate=48000))
+    async with mic, spk:
+        spk.write(bytes(4800))
+        n = 0
+        async for _ in mic.frames():
+            n += 1
+            if n == 25:
+                break
+        await spk.drain()
+    print("ok", n)
+asyncio.run(main())
+"""
+
+
+def test_audio_works_under_memory_deny_write_execute(pulse):
+    # The systemd unit sets MemoryDenyWriteExecute=yes, which breaks cffi callbacks; the
+    # blocking streams used here must keep working under it.
+    import os
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _MDWE_CHILD], capture_output=True, text=True,
+                       timeout=30, env=pulse.env() | {"PYTHONPATH": os.getcwd()})
+    if r.stdout.strip() == "no-mdwe":
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3): cannot emulate the unit")
+    assert r.returncode == 0 and r.stdout.split() == ["ok", "25"], r.stderr[-2000:]

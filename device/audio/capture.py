@@ -6,6 +6,12 @@ that need writable+executable memory, which that setting forbids. A blocking `re
 callback. The thread does the same as a callback would: it reads one block and hands it to the
 event loop with `loop.call_soon_threadsafe` into a bounded queue (overflows are counted, never
 logged there). The extra thread costs about nothing; latency is the same one block.
+Measured on Linux 6.18 with PR_SET_MDWE (what the unit setting applies): opening a callback
+stream fails with cffi's "Cannot allocate write+execute memory for ffi.callback()"; these
+blocking streams run (tests/test_audio_pulse.py::test_audio_works_under_memory_deny_write_execute).
+
+Each stream is opened, used and closed on its own thread: with ALSA's pulse plugin a
+blocking stream opened on one thread and written on another stalls or fails.
 """
 
 from __future__ import annotations
