@@ -20,7 +20,13 @@ def pulse_server(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def pulse(pulse_server):
-    """The PulseAudio server, reset: 48 kHz devices are the defaults, nothing queued to feed."""
+    """The PulseAudio server, reset: 48 kHz devices are the defaults, nothing queued to feed.
+
+    Open devices 'pulse' with AudioConfig(input="pulse", output="pulse"). Speak into the mic
+    with `pulse.feed(int16_samples_at_48k)` (tests.pulse.espeak makes speech), hear the
+    speaker with `with pulse.record() as rec: ...; rec.samples(); rec.time_of(i)`, switch to
+    the 44.1 kHz pair with `pulse.use(44100)`.
+    """
     pulse_server.reset()
     yield pulse_server
     pulse_server.reset()
