@@ -77,13 +77,20 @@ class AudioConfig:
                               lo=0, hi=7)
     vad_aggressiveness: int = _key(2, "webrtcvad aggressiveness, 0 (lenient) to 3 (strict).",
                                    lo=0, hi=3)
-    preroll_ms: int = _key(600, "Audio kept from before speech starts, so no first syllable is "
+    preroll_ms: int = _key(700, "Audio kept from before speech starts, so no first syllable is "
                                 "clipped.", lo=500, hi=2000)
     hangover_ms: int = _key(600, "Silence after speech before the turn is declared over.",
                             lo=100, hi=3000)
     min_speech_ms: int = _key(120, "Shorter sounds (clicks, bumps) are not speech.", lo=0, hi=2000)
     volume: float = _key(0.8, "Speaker volume, 0.0 to 1.0.", lo=0.0, hi=1.0)
     max_volume: float = _key(1.0, "Parents' cap on the volume, 0.0 to 1.0.", lo=0.0, hi=1.0)
+    vad_noise_guard_db: float = _key(4.0, "A frame counts as speech only this many dB above the "
+                                          "learned noise floor (steady noise cannot hold the gate "
+                                          "open).", lo=0.0, hi=30.0)
+    prefill_ms: int = _key(60, "Reply audio buffered before playback starts (jitter buffer).",
+                           lo=0, hi=1000)
+    output_block_ms: int = _key(10, "Speaker block size; flush() silences within about two "
+                                    "blocks plus the device's latency.", lo=5, hi=100)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,33 @@
+"""Choose the audio backend the config asks for."""
+
+from __future__ import annotations
+
+from device.audio.backend import Microphone, Speaker
+from device.audio.capture import StateCallback
+from device.config import AudioConfig
+
+
+def open_audio(cfg: AudioConfig, *, on_state: StateCallback | None = None,
+               realtime: bool = True) -> tuple[Microphone, Speaker]:
+    """An unopened (microphone, speaker) pair for `cfg.backend`; enter each with `async with`.
+
+    `on_state(state, error)` is called when a device fails ('error') and when it is back ('ok'),
+    so the daemon can show `error` meanwhile. Raises AudioDeviceError if a named device does
+    not exist (with the list of those that do).
+    """
+    block_ms, prefill_ms = cfg.output_block_ms, cfg.prefill_ms
+    if cfg.backend == "files":
+        from device.audio.files import WavMicrophone, WavSpeaker
+        channel = cfg.input_channel if cfg.input_channels > 1 else None
+        mic = WavMicrophone(cfg.input, channel=channel, realtime=realtime)
+        spk = WavSpeaker(cfg.output, rate=cfg.output_rate or 24_000, volume=cfg.volume,
+                         max_volume=cfg.max_volume, prefill_ms=prefill_ms)
+        return mic, spk
+    from device.audio.capture import SoundDeviceMicrophone
+    from device.audio.playback import SoundDeviceSpeaker
+    mic = SoundDeviceMicrophone(cfg.input, rate=cfg.input_rate, channels=cfg.input_channels,
+                                channel=cfg.input_channel, on_state=on_state)
+    spk = SoundDeviceSpeaker(cfg.output, rate=cfg.output_rate, volume=cfg.volume,
+                             max_volume=cfg.max_volume, prefill_ms=prefill_ms,
+                             block_ms=block_ms, on_state=on_state)
+    return mic, spk

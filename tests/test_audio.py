@@ -1,0 +1,263 @@
+"""The audio pipeline without a sound server: resampling, VAD gate, WAV backend, buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import wave
+
+import numpy as np
+import pytest
+
+from device.audio import open_audio
+from device.audio.backend import FRAME_SAMPLES, MIC_RATE, REPLY_RATE, MicFrame
+from device.audio.buffer import PlaybackBuffer
+from device.audio.earcons import NAMES, earcon
+from device.audio.files import WavMicrophone
+from device.audio.resample import FrameCutter, Resampler, pick_channel
+from device.audio.vad import VadGate
+from device.config import AudioConfig
+from device.errors import AudioDeviceError
+from device.events import SpeechAudio, SpeechEnd, SpeechStart
+from tests.audio_helpers import mix_at_snr, pitch, speech_bounds, tone
+from tests.pulse import espeak
+
+
+def _write_wav(path, x: np.ndarray, rate: int, channels: int = 1) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(x.astype("<i2").tobytes())
+
+
+def _frames(x: np.ndarray, t0: float = 0.0) -> list[MicFrame]:
+    n = len(x) // FRAME_SAMPLES
+    return [MicFrame(x[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES].tobytes(),
+                     t0 + (i + 1) * 0.02) for i in range(n)]
+
+
+def _run_gate(gate: VadGate, x: np.ndarray) -> tuple[list, np.ndarray]:
+    """Events, and a per-sample mask of what was streamed."""
+    events, sent = [], np.zeros(len(x), bool)
+    for k, f in enumerate(_frames(x)):
+        for ev in gate.process(f):
+            events.append(ev)
+            if isinstance(ev, SpeechAudio):
+                i = round(ev.t / 0.02) - 1
+                sent[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES] = True
+    return events, sent
+
+
+# --- resampling ---
+
+def test_streaming_resampler_has_no_clicks_at_block_edges():
+    x = tone(440, 1.0, 48000)
+    rs = Resampler(48000, MIC_RATE)
+    out = np.concatenate([rs.process(x[i:i + 441]) for i in range(0, len(x), 441)] + [rs.flush()])
+    assert abs(len(out) - MIC_RATE) <= 2
+    ref = np.sin(2 * np.pi * 440 * np.arange(len(out)) / MIC_RATE)
+    # A click would show as a sample-to-sample jump far above a 440 Hz sine's largest step.
+    steps = np.abs(np.diff(out[400:-400].astype(np.float64)))
+    assert steps.max() < 1.2 * 0.3 * 32767 * 2 * np.pi * 440 / MIC_RATE
+    assert abs(pitch(out, MIC_RATE) - 440) < 2 and len(ref)
+
+
+def test_pick_channel_and_frame_cutter():
+    block = np.stack([np.zeros(100, np.int16), np.arange(100, dtype=np.int16)], axis=1)
+    assert (pick_channel(block, 1) == np.arange(100)).all()
+    with pytest.raises(ValueError):
+        pick_channel(block, 2)
+    cut = FrameCutter()
+    assert cut.push(np.zeros(300, np.int16)) == []
+    frames = cut.push(np.zeros(400, np.int16))
+    assert len(frames) == 2 and cut.pending == 60
+
+
+# --- the VAD gate on real speech ---
+
+@pytest.fixture(scope="module")
+def sentence() -> np.ndarray:
+    return espeak("Can we play the dinosaur game again, please?", MIC_RATE, pitch=80)
+
+
+def _scene(speech: np.ndarray, before_s: float = 2.0, after_s: float = 2.0) -> tuple[np.ndarray, int, int]:
+    pad = lambda s: np.zeros(int(s * MIC_RATE), np.int16)
+    x = np.concatenate((pad(before_s), speech, pad(after_s)))
+    a, b = speech_bounds(speech, MIC_RATE)
+    off = len(pad(before_s))
+    return x, off + a, off + b
+
+
+@pytest.mark.parametrize("noise", ["white", "hum"])
+def test_gate_keeps_the_first_100_ms_and_streams_no_silence(sentence, noise):
+    x, on, off = _scene(sentence, 3.0, 3.0)
+    rng = np.random.default_rng(1)
+    if noise == "white":
+        n = rng.normal(0, 1, len(x))
+    else:
+        t = np.arange(len(x)) / MIC_RATE
+        n = np.sin(2 * np.pi * 50 * t) + 0.5 * np.sin(2 * np.pi * 150 * t)
+    speech_only = np.zeros(len(x), np.int16)
+    speech_only[on:off] = x[on:off]
+    mixed = mix_at_snr(x, n * 1000, 10) if True else x
+    gate = VadGate(AudioConfig())
+    events, sent = _run_gate(gate, mixed)
+    kinds = [type(e) for e in events]
+    assert kinds.count(SpeechStart) == 1 and kinds.count(SpeechEnd) == 1
+    assert sent[on:on + MIC_RATE // 10].all(), "the first 100 ms of speech were not streamed"
+    assert sent[on - MIC_RATE // 2:on].all(), "less than 500 ms of pre-roll"
+    assert sent[on:off].mean() > 0.98
+    quiet = np.ones(len(x), bool)
+    quiet[on - MIC_RATE:off + MIC_RATE] = False   # pre-roll and hangover are allowed
+    assert not sent[quiet].any(), "silence far from speech was streamed"
+
+
+def test_a_click_is_not_speech():
+    rng = np.random.default_rng(2)
+    x = np.zeros(3 * MIC_RATE, np.int16)
+    for k in range(4):   # four door-knock-like clicks, 15 ms each
+        i = MIC_RATE // 2 + k * MIC_RATE // 2
+        x[i:i + 240] = (rng.normal(0, 8000, 240) * np.exp(-np.arange(240) / 60)).astype(np.int16)
+    events, sent = _run_gate(VadGate(AudioConfig()), x)
+    assert events == [] and not sent.any()
+
+
+def test_steady_noise_does_not_hold_the_gate_open(sentence):
+    # Speech, then a fan-like noise switched on that webrtcvad alone calls speech.
+    rng = np.random.default_rng(3)
+    x, on, off = _scene(sentence, 1.0, 10.0)
+    fan = np.convolve(rng.normal(0, 3000, len(x)), np.ones(8) / 8, "same")
+    fan[:off + MIC_RATE] = 0
+    mixed = np.clip(x + fan, -32768, 32767).astype(np.int16)
+    _events, sent = _run_gate(VadGate(AudioConfig()), mixed)
+    assert sent[on:off].mean() > 0.98
+    assert sent[-5 * MIC_RATE:].mean() < 0.05, "steady noise kept the gate streaming"
+
+
+def test_muted_gate_streams_nothing_and_ends_a_turn(sentence):
+    x, on, off = _scene(sentence)
+    gate = VadGate(AudioConfig())
+    frames = _frames(x)
+    events = []
+    for k, f in enumerate(frames):
+        if k == (on + off) // 2 // FRAME_SAMPLES:
+            gate.muted = True
+        events += gate.process(f)
+    assert isinstance(events[-1], SpeechEnd)
+    assert sum(isinstance(e, SpeechStart) for e in events) == 1
+
+
+def test_echo_canceller_seam_sees_mic_and_reference():
+    seen = []
+
+    class Recorder:
+        def process(self, near: bytes, far_ref: bytes | None) -> bytes:
+            seen.append(far_ref)
+            return bytes(len(near))   # cancels everything
+
+    gate = VadGate(AudioConfig(), echo=Recorder())
+    gate.push_reference(b"\x01\x00" * FRAME_SAMPLES)
+    x = tone(300, 1.0, MIC_RATE)
+    events, _ = _run_gate(gate, x)
+    assert events == [] and seen[0] == b"\x01\x00" * FRAME_SAMPLES and seen[1] is None
+
+
+# --- the WAV backend ---
+
+async def test_wav_microphone_is_paced_resampled_and_ends(tmp_path):
+    path = tmp_path / "in.wav"
+    st = np.stack([tone(1000, 1.0, 44100), tone(250, 1.0, 44100)], axis=1).reshape(-1)
+    _write_wav(path, st, 44100, channels=2)
+    mic = WavMicrophone(path, channel=0)
+    t0 = time.monotonic()
+    async with mic:
+        frames = [f async for f in mic.frames()]
+    took = time.monotonic() - t0
+    assert len(frames) == 50 and all(len(f.pcm) == 640 for f in frames)
+    assert 0.9 < took < 2.0, f"1 s of file took {took:.2f} s"
+    assert np.allclose(np.diff([f.t for f in frames]), 0.02)
+    assert frames[-1].t - frames[0].t == pytest.approx(0.98)
+    pcm = np.frombuffer(b"".join(f.pcm for f in frames), np.int16)
+    assert abs(pitch(pcm, MIC_RATE) - 1000) < 10
+
+
+async def test_wav_microphone_error_names_the_fix(tmp_path):
+    with pytest.raises(AudioDeviceError, match="does not exist; set \\[audio\\] input"):
+        async with WavMicrophone(tmp_path / "missing.wav"):
+            pass
+
+
+async def test_wav_speaker_plays_at_device_pace_with_silence_flush_and_played(tmp_path):
+    out = tmp_path / "out.wav"
+    _mic, spk = open_audio(AudioConfig(backend="files", input=str(tmp_path / "x.wav"),
+                                      output=str(out), volume=1.0, max_volume=0.5))
+    played = []
+    async with spk:
+        spk.on_played = lambda tr, tp: played.append((tr, tp))
+        await asyncio.sleep(0.2)
+        t_recv = time.monotonic()
+        spk.write(tone(440, 0.5, REPLY_RATE, amp=0.9).tobytes(), t_received=t_recv)
+        assert spk.busy
+        await asyncio.wait_for(spk.drain(), 3)
+        await asyncio.sleep(0.2)
+        spk.write(tone(440, 2.0, REPLY_RATE).tobytes())
+        await asyncio.sleep(0.3)
+        dropped = spk.flush()
+        await asyncio.sleep(0.2)
+        assert not spk.busy
+    assert 1.5 < dropped < 1.8
+    with wave.open(str(out)) as w:
+        assert w.getframerate() == REPLY_RATE
+        y = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    loud = np.abs(y) > 1000
+    first = int(np.argmax(loud))
+    assert first > 0.15 * REPLY_RATE, "silence before the reply must be in the file"
+    assert np.abs(y).max() < 0.5 * 0.9 * 32768 * 1.05, "max_volume caps the level"
+    assert loud.sum() / REPLY_RATE < 0.5 + 0.35, "flush stopped the second reply"
+    assert len(played) == 1 and played[0][0] == t_recv and 0 < played[0][1] - t_recv < 0.2
+
+
+def test_playback_buffer_prefill_flush_fade_volume_ramp_and_underruns():
+    now = [0.0]
+    buf = PlaybackBuffer(24000, volume=1.0, prefill_s=0.06, clock=lambda: now[0])
+    buf.push(np.ones(480, np.float32) * 0.5, t_received=1.0)
+    out, marks = buf.pull(240)
+    assert not out.any() and marks == [], "waits for the prefill"
+    now[0] = 0.07
+    out, marks = buf.pull(240)
+    assert out.max() == pytest.approx(0.5) and marks == [(1.0, 0)]
+    buf.pull(480)            # runs dry
+    now[0] = 0.2
+    buf.push(np.ones(4800, np.float32) * 0.5)
+    assert buf.stats.underruns == 1
+    now[0] = 0.3
+    buf.pull(240)
+    buf.set_volume(0.0)
+    out, _ = buf.pull(480)
+    assert np.all(np.diff(out) <= 1e-6) and out[0] > 0.4 and out[-1] == 0, "volume glides to 0"
+    buf.set_volume(1.0)
+    dropped = buf.flush()
+    assert dropped > 0.15
+    out, _ = buf.pull(480)
+    assert out[96:].max() == 0, "silent within 4 ms of a flush"
+
+
+def test_earcons_are_short_soft_distinct_and_click_free():
+    sounds = {n: earcon(n, 48000) for n in NAMES}
+    for name, s in sounds.items():
+        assert 0.1 < len(s) / 48000 < 0.6, name
+        assert np.abs(s).max() <= 0.36, name
+        assert abs(s[0]) < 1e-3 and abs(s[-1]) < 1e-3, name
+    assert len({round(pitch(s, 48000)) for s in sounds.values()}) >= 5
+    assert earcon("wake", 48000) is earcon("wake", 48000)
+    with pytest.raises(ValueError, match="unknown earcon"):
+        earcon("boing", 48000)
+
+
+def test_speech_soon_after_the_mic_opens_is_kept_whole(sentence):
+    # The gate learns the room for ~0.8 s before it may start; speech 0.4 s in is kept whole.
+    x, on, off = _scene(sentence, 0.4, 1.5)
+    events, sent = _run_gate(VadGate(AudioConfig()), x)
+    assert sum(isinstance(e, SpeechStart) for e in events) == 1
+    assert sent[:off].all(), "everything from the start of the file to the end of speech is sent"

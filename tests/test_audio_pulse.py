@@ -1,0 +1,271 @@
+"""The audio pipeline end to end through real PortAudio and a private PulseAudio server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import soxr
+
+from device.audio import open_audio
+from device.audio.backend import MIC_RATE, REPLY_RATE
+from device.audio.vad import VadGate
+from device.config import AudioConfig
+from device.errors import AudioDeviceError
+from device.events import SpeechAudio, SpeechEnd, SpeechStart
+from tests.audio_helpers import align, pitch, speech_bounds, tone
+from tests.pulse import espeak
+
+
+def _cfg(**kw) -> AudioConfig:
+    base = {"backend": "sounddevice", "input": "pulse", "output": "pulse"}
+    base.update(kw)
+    return AudioConfig(**base)
+
+
+async def _collect(mic, seconds: float) -> list:
+    frames = []
+    async def run():
+        async for f in mic.frames():
+            frames.append(f)
+    try:
+        await asyncio.wait_for(run(), seconds)
+    except TimeoutError:
+        pass
+    return frames
+
+
+async def test_speech_fed_to_the_mic_reaches_the_gate_complete(pulse):
+    speech16 = espeak("Hello teddy, can you tell me a story about a dragon?", MIC_RATE, pitch=80)
+    speech48 = (soxr.resample(speech16.astype(np.float32), MIC_RATE, 48000)).astype(np.int16)
+    mic, _ = open_audio(_cfg(input_rate=48000))
+    gate = VadGate(AudioConfig())
+    events = []
+    async with mic:
+        pulse.feed(np.zeros(int(0.8 * 48000), np.int16))
+        pulse.feed(speech48)
+
+        async def run():
+            async for frame in mic.frames():
+                for ev in gate.process(frame):
+                    events.append(ev)
+                    if isinstance(ev, SpeechEnd):
+                        return
+        await asyncio.wait_for(run(), 15)
+    assert isinstance(events[0], SpeechStart) and isinstance(events[-1], SpeechEnd)
+    assert sum(isinstance(e, SpeechStart) for e in events) == 1, "one utterance, one start"
+    up = np.frombuffer(b"".join(e.pcm for e in events if isinstance(e, SpeechAudio)), np.int16)
+    lag, corr = align(up, speech16)
+    a, b = speech_bounds(speech16, MIC_RATE)
+    # Everything audible in the input is in what the gate sends, in one piece, undistorted.
+    assert corr > 0.9, f"uploaded audio does not match the speech (correlation {corr:.2f})"
+    assert lag + a >= int(0.5 * MIC_RATE), "less than 500 ms of pre-roll before the first sound"
+    assert lag + b <= len(up), "the end of the sentence was cut"
+
+
+async def test_speaker_is_heard_on_the_sink_and_reports_played(pulse):
+    _, spk = open_audio(_cfg(output_rate=48000, volume=1.0))
+    played = []
+    with pulse.record() as rec:
+        async with spk:
+            spk.on_played = lambda tr, tp: played.append((tr, tp))
+            t0 = time.monotonic()
+            spk.write(tone(440, 0.6, REPLY_RATE).tobytes(), t_received=t0)
+            await asyncio.wait_for(spk.drain(), 5)
+            await asyncio.sleep(0.2)
+    x = rec.samples()
+    loud = np.abs(x) > 2000
+    assert loud.sum() > 0.5 * 48000, "the tone did not reach the speaker's sink"
+    seg = x[np.nonzero(loud)[0][0]:][: 48000 // 2]
+    assert abs(pitch(seg, 48000) - 440) < 440 * 0.01
+    assert len(played) == 1 and played[0][0] == t0 and 0 <= played[0][1] - t0 < 0.5
+    # on_played's time is when the sound is really heard (the monitor's clock, +-10 ms).
+    t_heard = rec.time_of(int(np.nonzero(loud)[0][0]))
+    assert abs(played[0][1] - t_heard) < 0.05, f"on_played off by {played[0][1] - t_heard:+.3f} s"
+
+
+async def test_flush_silences_the_sink_within_50_ms(pulse):
+    _, spk = open_audio(_cfg(output_rate=48000, volume=1.0))
+    with pulse.record() as rec:
+        async with spk:
+            spk.write(tone(300, 3.0, REPLY_RATE).tobytes())
+            await asyncio.sleep(0.6)
+            t_flush = time.monotonic()
+            dropped = spk.flush()
+            await asyncio.sleep(0.5)
+            assert not spk.busy
+    x = rec.samples()
+    loud = np.nonzero(np.abs(x) > 300)[0]
+    assert len(loud) and dropped > 1.5
+    t_last = rec.time_of(int(loud[-1]))
+    assert t_last - t_flush < 0.050, f"sound went on {1000 * (t_last - t_flush):.0f} ms after flush"
+
+
+@pytest.mark.parametrize("rate", [48_000, 44_100])
+async def test_device_rates_give_16k_audio_at_the_right_pitch(pulse, rate):
+    pulse.use(rate)
+    mic, _ = open_audio(_cfg(input_rate=rate))
+    async with mic:
+        pulse.feed(tone(1000, 1.5, rate))
+        frames = await _collect(mic, 1.2)
+    pcm = np.frombuffer(b"".join(f.pcm for f in frames), np.int16)
+    assert all(len(f.pcm) == 640 for f in frames)
+    ts = np.array([f.t for f in frames])
+    assert np.all(np.diff(ts) > 0), "frame times must increase"
+    on = np.nonzero(np.abs(pcm) > 3000)[0]
+    assert len(on) > 0.5 * MIC_RATE, "the tone did not arrive"
+    f0 = pitch(pcm[on[0]:on[-1]], MIC_RATE)
+    assert abs(f0 - 1000) < 10, f"a 1 kHz tone came out at {f0:.1f} Hz"
+
+
+@pytest.mark.parametrize("rate", [48_000, 44_100])
+async def test_speaker_at_device_rates_keeps_pitch(pulse, rate):
+    pulse.use(rate)
+    _, spk = open_audio(_cfg(output_rate=rate, volume=1.0))
+    with pulse.record(rate) as rec:
+        async with spk:
+            spk.write(tone(500, 0.5, REPLY_RATE).tobytes())
+            await asyncio.wait_for(spk.drain(), 5)
+    x = rec.samples()
+    on = np.nonzero(np.abs(x) > 2000)[0]
+    assert len(on) > 0.4 * rate
+    assert abs(pitch(x[on[0]:on[-1]], rate) - 500) < 5
+
+
+def test_unknown_device_names_the_devices_and_the_fix(pulse):
+    with pytest.raises(AudioDeviceError) as e:
+        open_audio(_cfg(output="usb headset 3000"))
+    msg = str(e.value)
+    assert "speaker 'usb headset 3000' not found" in msg
+    assert "'pulse'" in msg and "[audio] output" in msg
+
+
+async def test_a_mic_that_fails_mid_stream_is_reopened_and_reports_error_then_ok(pulse):
+    states = []
+    mic, _ = open_audio(_cfg(input_rate=48000),
+                        on_state=lambda s, e: states.append((s, str(e) if e else None)))
+    async with mic:
+        assert await _collect(mic, 0.3)
+        # The sound server drops our stream, as when a USB mic is pulled out.
+        listing = pulse.pactl("list", "source-outputs").stdout
+        outputs = [block.split()[0] for block in listing.split("Source Output #")[1:]
+                   if "ALSA plug-in" in block]
+        assert len(outputs) == 1, f"our capture stream is not on the server: {listing}"
+        r = pulse.pacmd("kill-source-output", outputs[0])
+        assert r.returncode == 0 and not r.stdout.strip(), r
+        frames = await _collect(mic, 5.0)
+    assert [s for s, _ in states][:3] == ["ok", "error", "ok"], states
+    assert states[1][1].startswith("microphone 'pulse'")
+    assert len(frames) > 20, "frames flow again after the reopen"
+    assert mic.reopens == 1
+
+
+def test_busy_device_error_names_the_holder_and_the_fix():
+    import sounddevice as sd
+
+    from device.audio.devices import translate
+    err = translate(sd.PortAudioError("Device unavailable", -9985), "input", "'USB mic'")
+    msg = str(err)
+    assert msg.startswith("microphone 'USB mic' is busy, held by ")
+    assert "stop that program or give Talkie another device in [audio] input" in msg
+
+
+def test_unknown_microphone_fails_at_open_audio(pulse):
+    with pytest.raises(AudioDeviceError, match=r"microphone 'array mic' not found; input devices"):
+        open_audio(_cfg(input="array mic"))
+
+
+async def test_earcons_are_heard_and_distinct(pulse):
+    from device.audio.earcons import NAMES
+    _, spk = open_audio(_cfg(output_rate=48000, volume=1.0))
+    pitches = {}
+    async with spk:
+        for name in ("wake", "error"):
+            with pulse.record() as rec:
+                spk.play_earcon(name)
+                await asyncio.sleep(0.6)
+            x = rec.samples()
+            on = np.nonzero(np.abs(x) > 1000)[0]
+            assert len(on) > 0.1 * 48000, f"earcon {name} not heard"
+            pitches[name] = pitch(x[on[0]:on[-1]], 48000)
+    assert set(NAMES) >= {"wake", "error"}
+    assert pitches["wake"] > 1.5 * pitches["error"]
+
+
+async def test_a_speaker_that_fails_mid_stream_is_reopened_and_plays_again(pulse):
+    states = []
+    _, spk = open_audio(_cfg(output_rate=48000, volume=1.0),
+                        on_state=lambda s, e: states.append((s, str(e) if e else None)))
+    async with spk:
+        listing = pulse.pactl("list", "sink-inputs").stdout
+        inputs = [block.split()[0] for block in listing.split("Sink Input #")[1:]
+                  if "ALSA plug-in" in block]
+        assert len(inputs) == 1, listing
+        r = pulse.pacmd("kill-sink-input", inputs[0])
+        assert r.returncode == 0 and not r.stdout.strip(), r
+        for _ in range(80):
+            if spk.reopens:
+                break
+            await asyncio.sleep(0.1)
+        assert [s for s, _ in states][:3] == ["ok", "error", "ok"], states
+        assert states[1][1].startswith("speaker 'pulse'")
+        with pulse.record() as rec:
+            spk.write(tone(440, 0.3, REPLY_RATE).tobytes())
+            await asyncio.wait_for(spk.drain(), 5)
+            await asyncio.sleep(0.1)
+        assert (np.abs(rec.samples()) > 2000).sum() > 0.2 * 48000, "not heard after the reopen"
+
+
+def test_audio_commands_list_devices_and_hear_speech(pulse, tmp_path, capsys):
+    import argparse
+
+    from device.audio.commands import add_commands
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["audio-devices"])
+    assert args.func(args) == 0
+    assert "pulse" in capsys.readouterr().out
+    conf = tmp_path / "c.toml"
+    conf.write_text('[audio]\ninput = "pulse"\noutput = "pulse"\ninput_rate = 48000\n')
+    speech = espeak("Hello, can you hear me?", 48000)
+    pulse.feed(np.concatenate((np.zeros(48000, np.int16), speech)))
+    args = parser.parse_args(["audio-check", "--config", str(conf), "--seconds", "3.5"])
+    assert args.func(args) == 0
+    assert "speech heard: yes" in capsys.readouterr().out
+
+
+_MDWE_CHILD = """
+import asyncio, ctypes, sys
+if ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) != 0:   # PR_SET_MDWE, as MemoryDenyWriteExecute=yes
+    print("no-mdwe"); sys.exit(0)
+from device.audio import open_audio
+from device.config import AudioConfig
+async def main():
+    mic, spk = open_audio(AudioConfig(input="pulse", output="pulse", input_rate=48000))
+    async with mic, spk:
+        spk.write(bytes(4800))
+        n = 0
+        async for _ in mic.frames():
+            n += 1
+            if n == 25:
+                break
+        await spk.drain()
+    print("ok", n)
+asyncio.run(main())
+"""
+
+
+def test_audio_works_under_memory_deny_write_execute(pulse):
+    # The systemd unit sets MemoryDenyWriteExecute=yes, which breaks cffi callbacks; the
+    # blocking streams used here must keep working under it.
+    import os
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _MDWE_CHILD], capture_output=True, text=True,
+                       check=False, timeout=30,
+                       env=pulse.env() | {"PYTHONPATH": os.getcwd()})
+    if r.stdout.strip() == "no-mdwe":
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3): cannot emulate the unit")
+    assert r.returncode == 0 and r.stdout.split() == ["ok", "25"], r.stderr[-2000:]
