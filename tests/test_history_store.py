@@ -125,3 +125,29 @@ async def test_store_does_not_block_the_event_loop(tmp_path: Path) -> None:
     assert ticks > 5  # the loop kept running while 30 fsync'ed commits went through
     assert len(await store.recent_turns(100)) == 60
     await store.close()
+
+
+async def test_recordings_are_kept_only_when_a_parent_turned_them_on(tmp_path: Path) -> None:
+    wav = b"RIFF" + b"\0" * 100
+    off = await HistoryStore.open(tmp_path / "off" / "h.db")
+    cid = await off.start_conversation()
+    assert await off.add_recording(cid, "user", wav) is None
+    assert not (tmp_path / "off" / "recordings").exists()
+    await off.close()
+    on = await HistoryStore.open(tmp_path / "on" / "h.db", recordings=True)
+    cid = await on.start_conversation()
+    mid = await on.add_recording(cid, "user", wav)
+    assert mid is not None
+    assert (tmp_path / "on" / "recordings" / f"{mid}.wav").read_bytes() == wav
+    conv = await on.get_conversation(cid)
+    assert conv is not None and conv.messages[0].type == "audio"
+    assert all(i.payload.get("uuid") != mid for i in await on.outbox_batch(100))  # stays home
+    await on.close()
+
+
+def test_live_api_usage_names_are_understood(tmp_path: Path) -> None:
+    with HistoryDB(tmp_path / "h.db") as db:
+        cid = db.start_conversation()
+        db.add_turn(cid, "a", "b", usage={"prompt_token_count": 3, "response_token_count": 4,
+                                          "total_token_count": 7})
+        assert db.recent_turns(1)[0].usage == Usage(3, 4, 7)

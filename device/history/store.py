@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from device.errors import TalkieError
+from device.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,18 @@ class Usage:
     input_tokens: int | None = None
     output_tokens: int | None = None
     total_tokens: int | None = None
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> Usage:
+        """From the Live API's usage_metadata names or ours."""
+        def pick(*names: str) -> int | None:
+            for n in names:
+                if isinstance(m.get(n), int):
+                    return int(m[n])
+            return None
+        return cls(pick("input_tokens", "prompt_token_count", "promptTokenCount"),
+                   pick("output_tokens", "response_token_count", "responseTokenCount"),
+                   pick("total_tokens", "total_token_count", "totalTokenCount"))
 
 
 @dataclass(frozen=True)
@@ -248,14 +261,16 @@ class HistoryDB:
         return self._write(tx)
 
     def add_turn(self, conversation_uuid: str, child_text: str, toy_text: str,
-                 timings: Mapping[str, float] | None = None, usage: Usage | None = None,
+                 timings: Mapping[str, float] | None = None,
+                 usage: Usage | Mapping[str, Any] | None = None,
                  *, created_at: float | None = None) -> Turn:
         """Save one completed turn (child's words, toy's answer) in one durable transaction.
 
         `timings` are milliseconds by name (e.g. first_audio_ms, turn_ms); the assistant
         message's processing time is `timings['processing_ms']` if given, else `turn_ms`.
         """
-        usage = usage or Usage()
+        if not isinstance(usage, Usage):
+            usage = Usage.from_mapping(usage or {})
         timings = {k: float(v) for k, v in (timings or {}).items()}
         processing = timings.get("processing_ms", timings.get("turn_ms"))
         ts = time.time() if created_at is None else created_at
@@ -286,6 +301,43 @@ class HistoryDB:
             return Turn(conversation_uuid, user_id, toy_id, child_text, toy_text, ts)
         return self._write(tx)
 
+    @property
+    def recordings_dir(self) -> Path:
+        return self.path.parent / "recordings"
+
+    def add_recording(self, conversation_uuid: str, sender: str, wav: bytes) -> str:
+        """Keep a recording as an 'audio' message (content: the file name); returns its uuid.
+
+        Only HistoryStore decides whether recordings are allowed; this just stores.
+        """
+        if sender not in SENDERS:
+            raise ValueError(f"sender must be one of {SENDERS}")
+        mid = str(uuidlib.uuid4())
+        name = f"{mid}.wav"
+        try:
+            atomic_write(self.recordings_dir / name, wav, mode=0o600)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise HistoryFullError(f"history: the disk is full, the recording was not "
+                                       f"saved; free space or turn [history] recordings off") from None
+            raise HistoryError(f"history: cannot write a recording ({e.strerror})") from None
+
+        def tx(db: sqlite3.Connection) -> str:
+            row = db.execute("SELECT id FROM conversations WHERE uuid = ?",
+                             (conversation_uuid,)).fetchone()
+            if row is None:
+                raise HistoryError(f"history: no conversation {conversation_uuid}")
+            db.execute("INSERT INTO messages(uuid, conversation_id, content, type, sender, "
+                       "created_at) VALUES (?, ?, ?, 'audio', ?, ?)",
+                       (mid, row[0], name, sender, time.time()))
+            # Recordings stay on the box: they are not queued for the server.
+            return mid
+        try:
+            return self._write(tx)
+        except BaseException:
+            (self.recordings_dir / name).unlink(missing_ok=True)
+            raise
+
     def end_conversation(self, conversation_uuid: str, *, ended_at: float | None = None) -> None:
         ts = time.time() if ended_at is None else ended_at
 
@@ -305,6 +357,10 @@ class HistoryDB:
                 "SELECT uuid FROM conversations WHERE started_at < ? AND active = 0 "
                 "OR started_at < ? - 86400", (cutoff, cutoff))]
             for cid in old:
+                for (name,) in db.execute(
+                        "SELECT m.content FROM messages m JOIN conversations c ON c.id = "
+                        "m.conversation_id WHERE c.uuid = ? AND m.type = 'audio'", (cid,)).fetchall():
+                    (self.recordings_dir / Path(name).name).unlink(missing_ok=True)
                 db.execute("DELETE FROM outbox WHERE kind = 'message' AND uuid IN (SELECT m.uuid "
                            "FROM messages m JOIN conversations c ON c.id = m.conversation_id "
                            "WHERE c.uuid = ?)", (cid,))
@@ -420,15 +476,16 @@ class HistoryStore:
     """
 
     def __init__(self, db: HistoryDB, executor: concurrent.futures.ThreadPoolExecutor,
-                 retention_days: float) -> None:
+                 retention_days: float, recordings: bool = False) -> None:
         self._db = db
         self._executor = executor
         self.retention_days = retention_days
+        self.recordings = recordings
         self.changed = asyncio.Event()  # set on every write; the sync client waits on it
 
     @classmethod
     async def open(cls, path: str | Path, *, retention_days: float = 90,
-                   max_pages: int | None = None) -> HistoryStore:
+                   recordings: bool = False, max_pages: int | None = None) -> HistoryStore:
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="history")
         loop = asyncio.get_running_loop()
         try:
@@ -436,7 +493,7 @@ class HistoryStore:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        store = cls(db, executor, retention_days)
+        store = cls(db, executor, retention_days, recordings)
         if retention_days > 0:
             await store.prune()
         return store
@@ -462,9 +519,16 @@ class HistoryStore:
 
     async def add_turn(self, conversation_uuid: str, child_text: str, toy_text: str,
                        timings: Mapping[str, float] | None = None,
-                       usage: Usage | None = None) -> Turn:
+                       usage: Usage | Mapping[str, Any] | None = None) -> Turn:
         return await self._run(lambda: self._db.add_turn(conversation_uuid, child_text, toy_text,
                                                          timings, usage), write=True)
+
+    async def add_recording(self, conversation_uuid: str, sender: str, wav: bytes) -> str | None:
+        """Keep a WAV recording only if a parent turned [history] recordings on; else None."""
+        if not self.recordings:
+            return None
+        return await self._run(lambda: self._db.add_recording(conversation_uuid, sender, wav),
+                               write=True)
 
     async def end_conversation(self, conversation_uuid: str) -> None:
         await self._run(lambda: self._db.end_conversation(conversation_uuid), write=True)

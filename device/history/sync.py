@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from device.config import Secret
+from device.config import Secret, SyncConfig
 from device.errors import ConfigError
 from device.history.store import HistoryError, HistoryStore
 
@@ -83,6 +83,15 @@ def load_token(token: str, token_file: str) -> Secret:
                               f"there") from None
         return Secret(value)
     return Secret(token.strip())
+
+
+def client_from_config(store: HistoryStore, sync: SyncConfig) -> SyncClient | None:
+    """The daemon's sync task from [sync], or None when no url is set (no server)."""
+    if not sync.url:
+        return None
+    return SyncClient(store, SyncSettings(
+        url=sync.url, token=load_token(sync.token, sync.token_file),
+        batch_size=sync.batch_size, ca_file=sync.ca_file, allow_http=sync.allow_http))
 
 
 class SyncClient:
@@ -181,5 +190,5 @@ def _error_text(e: urllib.error.HTTPError) -> str:
         return ""
 
 
-__all__ = ["SyncClient", "SyncSettings", "SyncRejected", "check_url", "load_token",
+__all__ = ["SyncClient", "client_from_config", "SyncSettings", "SyncRejected", "check_url", "load_token",
            "HistoryError"]
