@@ -116,6 +116,16 @@ class TalkieServer(ThreadingHTTPServer):
         host = f"[{host}]" if ":" in str(host) else host
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # One thread per connection: close its database connection when the thread ends.
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            con = getattr(self._local, "db", None)
+            if con is not None:
+                con.close()
+                self._local.db = None
+
     def db(self) -> sqlite3.Connection:
         """This request thread's connection."""
         con = getattr(self._local, "db", None)

@@ -263,3 +263,36 @@ def test_add_device_cli_prints_token_once(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, "-m", "server", "--db", str(db), "add-device", "box"],
                            capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+async def test_wrong_token_backs_off_and_never_logs_the_token(server: tuple[Running, str, Path],
+                                                              tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    run, _, db_path = server
+    secret = "tkd_" + "s3cr3t" * 7
+    store = await HistoryStore.open(tmp_path / "box.db")
+    cid = await store.start_conversation()
+    await store.add_turn(cid, "hello", "hi there")
+    client = SyncClient(store, SyncSettings(url=f"http://127.0.0.1:{run.port}",
+                                            token=Secret(secret), backoff_base_s=0.02,
+                                            backoff_cap_s=0.1))
+    caplog.set_level("DEBUG")
+    task = asyncio.create_task(client.run())
+    await asyncio.sleep(0.6)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert client.failures >= 2 and await store.outbox_size() == 3  # kept for later
+    await store.close()
+    assert "HTTP 401" in caplog.text and "add-device" in caplog.text
+    assert secret not in caplog.text and "s3cr3t" not in repr(client.settings)
+    assert counts(db_path) == (0, 0)
+
+
+async def test_toy_greeting_without_child_words_stores_one_message(tmp_path: Path) -> None:
+    store = await HistoryStore.open(tmp_path / "box.db")
+    cid = await store.start_conversation()
+    turn = await store.add_turn(cid, "", "Hello! What shall we talk about?")
+    conv = await store.get_conversation(cid)
+    assert conv is not None and [m.sender for m in conv.messages] == ["assistant"]
+    assert turn.user_uuid == ""
+    await store.close()

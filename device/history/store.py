@@ -274,7 +274,9 @@ class HistoryDB:
         timings = {k: float(v) for k, v in (timings or {}).items()}
         processing = timings.get("processing_ms", timings.get("turn_ms"))
         ts = time.time() if created_at is None else created_at
-        user_id, toy_id = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+        # An empty side is not stored; its uuid in the Turn is then "".
+        user_id = str(uuidlib.uuid4()) if child_text else ""
+        toy_id = str(uuidlib.uuid4()) if toy_text or not child_text else ""
 
         def tx(db: sqlite3.Connection) -> Turn:
             row = db.execute("SELECT id FROM conversations WHERE uuid = ?",
@@ -285,6 +287,8 @@ class HistoryDB:
             for mid, content, sender, ms, u, t, at in (
                     (user_id, child_text, "user", None, Usage(), {}, ts),
                     (toy_id, toy_text, "assistant", processing, usage, timings, ts + 1e-6)):
+                if not mid:
+                    continue  # nothing said on that side (e.g. the toy's greeting)
                 db.execute(
                     "INSERT INTO messages(uuid, conversation_id, content, type, sender, "
                     "processing_time_ms, created_at, input_tokens, output_tokens, total_tokens, "
@@ -398,7 +402,8 @@ class HistoryDB:
         return self._read(q)
 
     def recent_turns(self, n: int) -> list[Message]:
-        """The last n messages across conversations, oldest first (for a recap)."""
+        """The last n messages (child's and toy's) across conversations, oldest first, for a
+        recap in the system instruction."""
         def q(db: sqlite3.Connection) -> list[Message]:
             rows = db.execute(
                 "SELECT m.*, c.uuid AS cuuid FROM messages m JOIN conversations c "
@@ -535,6 +540,15 @@ class HistoryStore:
 
     async def prune(self) -> int:
         return await self._run(lambda: self._db.prune(self.retention_days))
+
+    async def run_retention(self, every_s: float = 6 * 3600) -> None:
+        """A TaskGroup task: apply retention now and then; a failure is logged, not raised."""
+        while True:
+            try:
+                await self.prune()
+            except HistoryError:
+                pass  # already logged by _run; try again next time
+            await asyncio.sleep(every_s)
 
     async def recent_turns(self, n: int) -> list[Message]:
         return await self._run(lambda: self._db.recent_turns(n))

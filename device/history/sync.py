@@ -14,6 +14,7 @@ unless `allow_http` is set.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import ipaddress
 import json
 import logging
@@ -119,12 +120,16 @@ class SyncClient:
                 sent = await self.sync_once()
             except asyncio.CancelledError:
                 raise
-            except (OSError, SyncRejected, ValueError) as e:
-                # HistoryError is an OSError too: a broken disk must not stop the box either.
+            except Exception as e:
+                # Network, server, or disk trouble (HistoryError): the box keeps talking and the
+                # outbox keeps everything until the next try. Unexpected errors get a traceback.
                 self.failures += 1
                 delay = random.uniform(0, min(self.settings.backoff_cap_s,
                                               self.settings.backoff_base_s * 2 ** self.failures))
-                log.warning("history sync failed (%s); retrying in %.1f s", e, delay)
+                if isinstance(e, (OSError, SyncRejected, http.client.HTTPException)):
+                    log.warning("history sync failed (%s); retrying in %.1f s", e, delay)
+                else:
+                    log.exception("history sync failed unexpectedly; retrying in %.1f s", delay)
                 await asyncio.sleep(delay)
                 continue
             self.failures = 0
