@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from device.config import Secret  # noqa: E402
-from device.history.store import HistoryDB, HistoryStore, Usage  # noqa: E402
-from device.history.sync import SyncClient, SyncSettings  # noqa: E402
-from server import db as sdb  # noqa: E402
-from server.app import Settings, TalkieServer  # noqa: E402
+from device.config import Secret
+from device.history.store import HistoryDB, HistoryStore, Usage
+from device.history.sync import SyncClient, SyncSettings
+from server import db as sdb
+from server.app import Settings, TalkieServer
 
 CHILD = "can you tell me why the moon changes shape every night and where it goes"
 TOY = ("The moon doesn't really change shape! We see different amounts of its sunny side as it "

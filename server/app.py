@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -158,7 +158,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib's name)
+    def log_message(self, format: str, *args: Any) -> None:
         # Never the query string or headers: tokens and cookies stay out of the log.
         log.debug("%s %s", self.address_string(), format % args)
 
@@ -250,7 +250,7 @@ class Handler(BaseHTTPRequestHandler):
         cookie = SimpleCookie()
         try:
             cookie.load(self.headers.get("Cookie", ""))
-        except Exception:  # a malformed cookie header is simply no session
+        except CookieError:  # a malformed cookie header is simply no session
             return None
         morsel = cookie.get(COOKIE)
         if morsel is None or not sdb.session_valid(self.server.db(), morsel.value):

@@ -31,7 +31,7 @@ def _page(title: str, body: str, *, logged_in: bool = True) -> bytes:
 def _time(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%H:%M")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%H:%M")
 
 
 def login(error: str = "") -> bytes:

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from device.history.store import (HistoryDB, HistoryFullError, HistoryStore, MIGRATIONS, Usage)
+from device.history.store import (
+    MIGRATIONS,
+    HistoryDB,
+    HistoryFullError,
+    HistoryStore,
+    Usage,
+)
 
 WRITER = Path(__file__).with_name("history_writer.py")
 ROOT = Path(__file__).resolve().parents[1]

@@ -261,7 +261,7 @@ def test_add_device_cli_prints_token_once(tmp_path: Path) -> None:
     con = sdb.open_db(str(db))
     assert sdb.device_for_token(con, token) is not None
     again = subprocess.run([sys.executable, "-m", "server", "--db", str(db), "add-device", "box"],
-                           capture_output=True, text=True, cwd=ROOT)
+                           capture_output=True, text=True, cwd=ROOT, check=False)
     assert again.returncode == 2 and "exists" in again.stderr
 
 
@@ -296,3 +296,57 @@ async def test_toy_greeting_without_child_words_stores_one_message(tmp_path: Pat
     assert conv is not None and [m.sender for m in conv.messages] == ["assistant"]
     assert turn.user_uuid == ""
     await store.close()
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_sync_over_tls_trusts_only_the_given_certificate(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    db_path = tmp_path / "server.db"
+    con = sdb.open_db(str(db_path))
+    token = sdb.add_device(con, "box")
+    con.close()
+    run = Running(TalkieServer(Settings(db=str(db_path), host="127.0.0.1", port=0,
+                                        tls_cert=str(cert), tls_key=str(key))))
+    assert run.server.url.startswith("https://")
+    store = await HistoryStore.open(tmp_path / "box.db")
+    try:
+        cid = await store.start_conversation()
+        await store.add_turn(cid, "secure?", "yes")
+        untrusting = SyncClient(store, SyncSettings(url=run.server.url, token=Secret(token)))
+        with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
+            await untrusting.sync_once()
+        assert await store.outbox_size() == 3
+        trusting = SyncClient(store, SyncSettings(url=run.server.url, token=Secret(token),
+                                                  ca_file=str(cert)))
+        assert await trusting.sync_once() == 3
+        assert counts(db_path) == (1, 2)
+    finally:
+        await store.close()
+        await asyncio.to_thread(run.stop)

@@ -28,7 +28,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from device.errors import TalkieError
 from device.fileio import atomic_write
@@ -195,7 +195,7 @@ class HistoryDB:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> HistoryDB:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -322,8 +322,8 @@ class HistoryDB:
             atomic_write(self.recordings_dir / name, wav, mode=0o600)
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                raise HistoryFullError(f"history: the disk is full, the recording was not "
-                                       f"saved; free space or turn [history] recordings off") from None
+                raise HistoryFullError("history: the disk is full, the recording was not "
+                                       "saved; free space or turn [history] recordings off") from None
             raise HistoryError(f"history: cannot write a recording ({e.strerror})") from None
 
         def tx(db: sqlite3.Connection) -> str:

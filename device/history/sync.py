@@ -191,9 +191,16 @@ class SyncClient:
 def _error_text(e: urllib.error.HTTPError) -> str:
     try:
         return str(json.loads(e.read(4096)).get("error", ""))
-    except Exception:
+    except (ValueError, OSError, AttributeError):
         return ""
 
 
-__all__ = ["SyncClient", "client_from_config", "SyncSettings", "SyncRejected", "check_url", "load_token",
-           "HistoryError"]
+__all__ = [
+    "HistoryError",
+    "SyncClient",
+    "SyncRejected",
+    "SyncSettings",
+    "check_url",
+    "client_from_config",
+    "load_token",
+]
