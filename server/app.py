@@ -14,7 +14,6 @@ import ipaddress
 import json
 import logging
 import socket
-import sqlite3
 import ssl
 import threading
 import time
@@ -126,7 +125,7 @@ class TalkieServer(ThreadingHTTPServer):
                 con.close()
                 self._local.db = None
 
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> sdb.Database:
         """This request thread's connection."""
         con = getattr(self._local, "db", None)
         if con is None:
@@ -141,7 +140,7 @@ class TalkieServer(ThreadingHTTPServer):
                     n = sdb.prune(con, self.settings.retention_days)
                     if n:
                         log.info("retention: deleted %d conversations", n)
-                except sqlite3.Error:
+                except sdb.DB_ERRORS:
                     log.exception("retention failed; retrying in %ss", every_s)
                 stop.wait(every_s)
             con.close()
@@ -338,7 +337,7 @@ class Handler(BaseHTTPRequestHandler):
         except sdb.BadBatch as e:
             self._error(HTTPStatus.BAD_REQUEST, f"{e}; see /openapi.json")
             return
-        except sqlite3.Error:
+        except sdb.DB_ERRORS:
             log.exception("sync: database error")
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, "the server's database failed; retry later")
             return

@@ -1,17 +1,21 @@
 """The server's database: devices, the parent's account, sessions, conversations, messages.
 
-SQLite by default (WAL, one connection per request thread). PostgreSQL by URL is NOT
-implemented: `open_db` refuses a postgresql:// URL with a clear error (see README).
+SQLite by default (WAL, one connection per request thread); PostgreSQL when the database is
+a postgresql:// URL (psycopg 3), for many boxes. Both run the same SQL: `?` placeholders,
+ON CONFLICT upserts, DOUBLE PRECISION times, and day grouping done in Python.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import hashlib
 import hmac
 import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +23,10 @@ from typing import Any
 SCHEMA = (
     """
     CREATE TABLE devices (
-        id          INTEGER PRIMARY KEY,
+        id          {serial},
         name        TEXT NOT NULL UNIQUE,
         token_hash  TEXT NOT NULL UNIQUE,
-        created_at  REAL NOT NULL
+        created_at  DOUBLE PRECISION NOT NULL
     );
     CREATE TABLE parent (
         id             INTEGER PRIMARY KEY CHECK (id = 1),
@@ -30,16 +34,16 @@ SCHEMA = (
     );
     CREATE TABLE sessions (
         token_hash  TEXT PRIMARY KEY,
-        expires_at  REAL NOT NULL
+        expires_at  DOUBLE PRECISION NOT NULL
     );
     CREATE TABLE conversations (
         uuid        TEXT PRIMARY KEY,
         device_id   INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
         title       TEXT NOT NULL DEFAULT '',
         active      INTEGER NOT NULL DEFAULT 1,
-        metadata    TEXT NOT NULL DEFAULT '{}',
-        started_at  REAL NOT NULL,
-        ended_at    REAL
+        metadata    TEXT NOT NULL DEFAULT '{{}}',
+        started_at  DOUBLE PRECISION NOT NULL,
+        ended_at    DOUBLE PRECISION
     );
     CREATE INDEX conversations_started ON conversations(started_at);
     CREATE TABLE messages (
@@ -50,7 +54,7 @@ SCHEMA = (
         type                TEXT NOT NULL,
         sender              TEXT NOT NULL,
         processing_time_ms  INTEGER,
-        created_at          REAL NOT NULL,
+        created_at          DOUBLE PRECISION NOT NULL,
         input_tokens        INTEGER,
         output_tokens       INTEGER,
         total_tokens        INTEGER
@@ -61,31 +65,95 @@ SCHEMA = (
 
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
 
+try:  # PostgreSQL support is optional: `pip install 'talkie[postgres]'`
+    import psycopg
+    from psycopg.rows import dict_row
+    DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+    INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError,
+                                                     psycopg.IntegrityError)
+except ImportError:  # pragma: no cover - depends on the install
+    psycopg = None  # type: ignore[assignment]
+    DB_ERRORS = (sqlite3.Error,)
+    INTEGRITY_ERRORS = (sqlite3.IntegrityError,)
+
 
 class ServerConfigError(ValueError):
     """A bad database URL or setting; the message says what to do."""
 
 
-def open_db(url: str) -> sqlite3.Connection:
+class Database:
+    """One connection to SQLite (a file path or sqlite:///path) or PostgreSQL
+    (postgresql://...), with one SQL dialect: `?` placeholders, portable statements."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.postgres = url.startswith(("postgres://", "postgresql://"))
+        if self.postgres:
+            if psycopg is None:
+                raise ServerConfigError("a postgresql:// URL needs psycopg: "
+                                        "pip install 'psycopg[binary]'")
+            try:
+                self._con: Any = psycopg.connect(url, autocommit=True, row_factory=dict_row)
+            except psycopg.Error as e:
+                raise ServerConfigError(f"cannot connect to PostgreSQL ({e.__class__.__name__});"
+                                        f" check the URL, the server and the password") from None
+        else:
+            path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._con = sqlite3.connect(path, isolation_level=None, timeout=30,
+                                        check_same_thread=False)
+            self._con.row_factory = sqlite3.Row
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute("PRAGMA synchronous=FULL")
+            self._con.execute("PRAGMA foreign_keys=ON")
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        if self.postgres:
+            sql = sql.replace("?", "%s")
+        return self._con.execute(sql, params)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self.postgres:
+            with self._con.transaction():
+                yield
+            return
+        self._con.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        self._con.execute("COMMIT")
+
+    def close(self) -> None:
+        self._con.close()
+
+    def schema_version(self) -> int:
+        if not self.postgres:
+            return int(self._con.execute("PRAGMA user_version").fetchone()[0])
+        self.execute("CREATE TABLE IF NOT EXISTS schema_version (v INTEGER NOT NULL)")
+        row = self.execute("SELECT max(v) AS v FROM schema_version").fetchone()
+        return int(row["v"] or 0)
+
+    def migrate(self) -> None:
+        version = self.schema_version()
+        serial = "BIGSERIAL PRIMARY KEY" if self.postgres else "INTEGER PRIMARY KEY"
+        for n in range(version, len(SCHEMA)):
+            with self.transaction():
+                for stmt in SCHEMA[n].format(serial=serial).split(";\n"):
+                    if stmt.strip():
+                        self.execute(stmt)
+                if self.postgres:
+                    self.execute("INSERT INTO schema_version VALUES (?)", (n + 1,))
+                else:
+                    self.execute(f"PRAGMA user_version={n + 1}")
+
+
+def open_db(url: str) -> Database:
     """A connection to the server's database, migrated to the newest schema."""
-    if url.startswith(("postgres://", "postgresql://")):
-        raise ServerConfigError("PostgreSQL is not implemented yet; use a SQLite file path "
-                                "(e.g. --db /var/lib/talkie-server/history.db)")
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-    db.row_factory = sqlite3.Row
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA foreign_keys=ON")
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    for n in range(version, len(SCHEMA)):
-        db.execute("BEGIN IMMEDIATE")
-        for stmt in SCHEMA[n].split(";\n"):
-            if stmt.strip():
-                db.execute(stmt)
-        db.execute(f"PRAGMA user_version={n + 1}")
-        db.execute("COMMIT")
+    db = Database(url)
+    db.migrate()
     return db
 
 
@@ -112,23 +180,23 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got.hex(), digest)
 
 
-def add_device(db: sqlite3.Connection, name: str) -> str:
+def add_device(db: Database, name: str) -> str:
     """Register a device; returns its token (shown once, stored only as a hash)."""
     token = "tkd_" + secrets.token_urlsafe(32)
     try:
         db.execute("INSERT INTO devices(name, token_hash, created_at) VALUES (?, ?, ?)",
                    (name, token_hash(token), time.time()))
-    except sqlite3.IntegrityError:
+    except INTEGRITY_ERRORS:
         raise ServerConfigError(f"a device named {name!r} exists; pick another name or "
                                 f"remove it first (remove-device {name})") from None
     return token
 
 
-def remove_device(db: sqlite3.Connection, name: str) -> bool:
+def remove_device(db: Database, name: str) -> bool:
     return db.execute("DELETE FROM devices WHERE name = ?", (name,)).rowcount > 0
 
 
-def device_for_token(db: sqlite3.Connection, token: str) -> int | None:
+def device_for_token(db: Database, token: str) -> int | None:
     h = token_hash(token)
     row = db.execute("SELECT id, token_hash FROM devices WHERE token_hash = ?", (h,)).fetchone()
     # The lookup is by hash (no timing on the secret itself); compare again in constant time.
@@ -137,13 +205,13 @@ def device_for_token(db: sqlite3.Connection, token: str) -> int | None:
     return int(row["id"])
 
 
-def set_password(db: sqlite3.Connection, password: str) -> None:
+def set_password(db: Database, password: str) -> None:
     db.execute("INSERT INTO parent(id, password_hash) VALUES (1, ?) ON CONFLICT(id) DO UPDATE "
                "SET password_hash = excluded.password_hash", (hash_password(password),))
     db.execute("DELETE FROM sessions")  # a new password logs every browser out
 
 
-def parent_password_ok(db: sqlite3.Connection, password: str) -> bool:
+def parent_password_ok(db: Database, password: str) -> bool:
     row = db.execute("SELECT password_hash FROM parent WHERE id = 1").fetchone()
     if row is None:
         hash_password(password)  # same work either way: no hint whether an account exists
@@ -151,7 +219,7 @@ def parent_password_ok(db: sqlite3.Connection, password: str) -> bool:
     return check_password(password, row["password_hash"])
 
 
-def new_session(db: sqlite3.Connection, lifetime_s: float = 7 * 86400) -> str:
+def new_session(db: Database, lifetime_s: float = 7 * 86400) -> str:
     token = secrets.token_urlsafe(32)
     now = time.time()
     db.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
@@ -159,13 +227,13 @@ def new_session(db: sqlite3.Connection, lifetime_s: float = 7 * 86400) -> str:
     return token
 
 
-def session_valid(db: sqlite3.Connection, token: str) -> bool:
+def session_valid(db: Database, token: str) -> bool:
     row = db.execute("SELECT expires_at FROM sessions WHERE token_hash = ?",
                      (token_hash(token),)).fetchone()
     return row is not None and row["expires_at"] > time.time()
 
 
-def end_session(db: sqlite3.Connection, token: str) -> None:
+def end_session(db: Database, token: str) -> None:
     db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash(token),))
 
 
@@ -200,7 +268,7 @@ _MSG = {"uuid": (str,), "conversation_uuid": (str,), "content": (str,), "type": 
         "usage": (dict,)}
 
 
-def upsert_batch(db: sqlite3.Connection, device_id: int, body: Any) -> SyncResult:
+def upsert_batch(db: Database, device_id: int, body: Any) -> SyncResult:
     """Store a batch idempotently, keyed by uuid: sending it twice stores it once.
 
     Validated whole before anything is written; written in one transaction.
@@ -222,8 +290,7 @@ def upsert_batch(db: sqlite3.Connection, device_id: int, body: Any) -> SyncResul
             v = m["usage"].get(k)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
                 raise BadBatch(f"messages[{i}].usage.{k} must be a whole number or null")
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with db.transaction():
         for c in convs:
             # WHERE device_id = excluded.device_id: a device can only change its own rows.
             db.execute(
@@ -232,62 +299,65 @@ def upsert_batch(db: sqlite3.Connection, device_id: int, body: Any) -> SyncResul
                 "title = excluded.title, active = excluded.active, metadata = excluded.metadata, "
                 "ended_at = excluded.ended_at WHERE conversations.device_id = excluded.device_id",
                 (c["uuid"], device_id, c["title"], int(c["active"]), json.dumps(c["metadata"]),
-                 c["started_at"], c["ended_at"]))
+                 float(c["started_at"]), None if c["ended_at"] is None else float(c["ended_at"])))
         for m in msgs:
             # A message may arrive before its conversation (a retry after retention, an old
             # outbox): keep it under a placeholder the conversation's own upsert fills in.
             db.execute("INSERT INTO conversations(uuid, device_id, started_at) VALUES (?, ?, ?) "
                        "ON CONFLICT(uuid) DO NOTHING", (m["conversation_uuid"], device_id,
-                                                        m["created_at"]))
+                                                        float(m["created_at"])))
+            owner = db.execute("SELECT device_id FROM conversations WHERE uuid = ?",
+                               (m["conversation_uuid"],)).fetchone()
+            if owner is None or owner["device_id"] != device_id:
+                continue  # another device's conversation: not this device's to add to
             u = m["usage"]
             db.execute(
                 "INSERT INTO messages(uuid, conversation_uuid, device_id, content, type, sender, "
                 "processing_time_ms, created_at, input_tokens, output_tokens, total_tokens) "
-                "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM conversations "
-                "WHERE uuid = ? AND device_id = ?) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(uuid) DO UPDATE SET content = excluded.content "
                 "WHERE messages.device_id = excluded.device_id",
                 (m["uuid"], m["conversation_uuid"], device_id, m["content"], m["type"],
-                 m["sender"], m["processing_time_ms"], m["created_at"], u.get("input_tokens"),
-                 u.get("output_tokens"), u.get("total_tokens"), m["conversation_uuid"], device_id))
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+                 m["sender"], m["processing_time_ms"], float(m["created_at"]),
+                 u.get("input_tokens"), u.get("output_tokens"), u.get("total_tokens")))
     return SyncResult(len(convs), len(msgs))
 
 
-def prune(db: sqlite3.Connection, retention_days: float) -> int:
+def prune(db: Database, retention_days: float) -> int:
     cutoff = time.time() - retention_days * 86400
     return db.execute("DELETE FROM conversations WHERE started_at < ?", (cutoff,)).rowcount
 
 
 # --- reads for the parents' page ---------------------------------------------------------------
 
-def days(db: sqlite3.Connection, tz_offset_s: int = 0) -> list[dict[str, Any]]:
+def days(db: Database, tz_offset_s: int = 0) -> list[dict[str, Any]]:
     """Conversations grouped by day (newest first), with message and token counts."""
     rows = db.execute(
         "SELECT c.uuid, c.title, c.started_at, c.ended_at, d.name AS device, "
-        "count(m.uuid) AS n, coalesce(sum(m.total_tokens), 0) AS tokens, "
-        "date(c.started_at + ?, 'unixepoch') AS day "
+        "count(m.uuid) AS n, coalesce(sum(m.total_tokens), 0) AS tokens "
         "FROM conversations c JOIN devices d ON d.id = c.device_id "
         "LEFT JOIN messages m ON m.conversation_uuid = c.uuid "
-        "GROUP BY c.uuid ORDER BY c.started_at DESC LIMIT 1000", (tz_offset_s,)).fetchall()
+        "GROUP BY c.uuid, c.title, c.started_at, c.ended_at, d.name "
+        "ORDER BY c.started_at DESC LIMIT 1000").fetchall()
     out: list[dict[str, Any]] = []
     for r in rows:
-        if not out or out[-1]["day"] != r["day"]:
-            out.append({"day": r["day"], "conversations": [], "tokens": 0, "messages": 0})
-        out[-1]["conversations"].append(dict(r))
+        r = dict(r)
+        r["n"], r["tokens"] = int(r["n"]), int(r["tokens"])
+        day = dt.datetime.fromtimestamp(r["started_at"] + tz_offset_s,
+                                        dt.UTC).strftime("%Y-%m-%d")
+        if not out or out[-1]["day"] != day:
+            out.append({"day": day, "conversations": [], "tokens": 0, "messages": 0})
+        out[-1]["conversations"].append(r)
         out[-1]["tokens"] += r["tokens"]
         out[-1]["messages"] += r["n"]
     return out
 
 
-def transcript(db: sqlite3.Connection, conversation_uuid: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+def transcript(db: Database, conversation_uuid: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     c = db.execute("SELECT c.*, d.name AS device FROM conversations c JOIN devices d "
                    "ON d.id = c.device_id WHERE uuid = ?", (conversation_uuid,)).fetchone()
     if c is None:
         return None
     msgs = db.execute("SELECT * FROM messages WHERE conversation_uuid = ? ORDER BY created_at, "
-                      "rowid", (conversation_uuid,)).fetchall()
+                      "uuid", (conversation_uuid,)).fetchall()
     return dict(c), [dict(m) for m in msgs]

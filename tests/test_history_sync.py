@@ -6,7 +6,6 @@ import asyncio
 import http.client
 import json
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from device.history.sync import SyncClient, SyncSettings, check_url
 from server import db as sdb
 from server import openapi
 from server.app import Settings, TalkieServer
+from tests.history_pg import cluster, new_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,13 +42,27 @@ class Running:
         self.thread.join(5)
 
 
-def start_server(db: Path, port: int = 0, **kw: object) -> Running:
+def start_server(db: Path | str, port: int = 0, **kw: object) -> Running:
     return Running(TalkieServer(Settings(db=str(db), host="127.0.0.1", port=port, **kw)))
 
 
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    with cluster() as base:
+        yield base
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The server's database URL: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "server.db")
+    return new_database(request.getfixturevalue("postgres"))
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[Running, str, Path]]:
-    db_path = tmp_path / "server.db"
+def server(server_db: str) -> Iterator[tuple[Running, str, str]]:
+    db_path = server_db
     con = sdb.open_db(str(db_path))
     token = sdb.add_device(con, "box-1")
     con.close()
@@ -57,11 +71,11 @@ def server(tmp_path: Path) -> Iterator[tuple[Running, str, Path]]:
     run.stop()
 
 
-def counts(db_path: Path) -> tuple[int, int]:
-    con = sqlite3.connect(db_path)
+def counts(db_path: Path | str) -> tuple[int, int]:
+    con = sdb.open_db(str(db_path))
     try:
-        return (con.execute("SELECT count(*) FROM conversations").fetchone()[0],
-                con.execute("SELECT count(*) FROM messages").fetchone()[0])
+        return (con.execute("SELECT count(*) AS n FROM conversations").fetchone()["n"],
+                con.execute("SELECT count(*) AS n FROM messages").fetchone()["n"])
     finally:
         con.close()
 
@@ -102,8 +116,9 @@ def free_port() -> int:
     return port
 
 
-async def test_server_down_then_up_every_message_arrives_exactly_once(tmp_path: Path) -> None:
-    db_path = tmp_path / "server.db"
+async def test_server_down_then_up_every_message_arrives_exactly_once(tmp_path: Path,
+                                                                      server_db: str) -> None:
+    db_path = server_db
     con = sdb.open_db(str(db_path))
     token = sdb.add_device(con, "box-1")
     con.close()
@@ -142,16 +157,17 @@ async def test_server_down_then_up_every_message_arrives_exactly_once(tmp_path: 
         await asyncio.gather(task, return_exceptions=True)
         await asyncio.to_thread(run.stop)
         await store.close()
-    con = sqlite3.connect(db_path)
-    rows = [r[0] for r in con.execute("SELECT uuid FROM messages")]
-    ended = con.execute("SELECT count(*) FROM conversations WHERE ended_at IS NOT NULL").fetchone()[0]
+    con = sdb.open_db(db_path)
+    rows = [r["uuid"] for r in con.execute("SELECT uuid FROM messages").fetchall()]
+    ended = con.execute("SELECT count(*) AS n FROM conversations WHERE ended_at IS NOT NULL"
+                        ).fetchone()["n"]
     con.close()
     assert sorted(rows) == sorted(expected)  # all there, none twice
     assert ended == 3
     assert counts(db_path) == (3, 62)
 
 
-def test_same_batch_twice_stores_once(server: tuple[Running, str, Path]) -> None:
+def test_same_batch_twice_stores_once(server: tuple[Running, str, str]) -> None:
     run, token, db_path = server
     body = batch(20)
     assert post(run.port, body, token) == (200, {"conversations": 1, "messages": 20})
@@ -161,7 +177,7 @@ def test_same_batch_twice_stores_once(server: tuple[Running, str, Path]) -> None
 
 @pytest.mark.parametrize("case", ["wrong token", "no token", "malformed JSON", "wrong shape",
                                   "10 MB body", "not JSON type"])
-def test_bad_requests_get_clear_4xx_and_change_nothing(server: tuple[Running, str, Path],
+def test_bad_requests_get_clear_4xx_and_change_nothing(server: tuple[Running, str, str],
                                                        case: str) -> None:
     run, token, db_path = server
     assert post(run.port, batch(2, "c1111111-0000-4000-8000-000000000000"), token)[0] == 200
@@ -184,7 +200,7 @@ def test_bad_requests_get_clear_4xx_and_change_nothing(server: tuple[Running, st
     assert post(run.port, batch(1, "c2222222-0000-4000-8000-000000000000"), token)[0] == 200
 
 
-def test_a_device_cannot_overwrite_another_devices_messages(server: tuple[Running, str, Path]) -> None:
+def test_a_device_cannot_overwrite_another_devices_messages(server: tuple[Running, str, str]) -> None:
     run, token, db_path = server
     con = sdb.open_db(str(db_path))
     other = sdb.add_device(con, "box-2")
@@ -192,8 +208,9 @@ def test_a_device_cannot_overwrite_another_devices_messages(server: tuple[Runnin
     assert post(run.port, batch(2), token)[0] == 200
     forged = batch(2).replace(b"words 0", b"forged")
     assert post(run.port, forged, other)[0] == 200
-    con = sqlite3.connect(db_path)
-    assert con.execute("SELECT count(*) FROM messages WHERE content = 'forged'").fetchone()[0] == 0
+    con = sdb.open_db(db_path)
+    assert con.execute("SELECT count(*) AS n FROM messages WHERE content = 'forged'"
+                       ).fetchone()["n"] == 0
     con.close()
 
 
@@ -212,7 +229,7 @@ def test_tokens_and_password_are_hashed_at_rest(tmp_path: Path) -> None:
     assert sdb.device_for_token(con, token + "x") is None
 
 
-def test_login_is_rate_limited(server: tuple[Running, str, Path]) -> None:
+def test_login_is_rate_limited(server: tuple[Running, str, str]) -> None:
     run, _, db_path = server
     con = sdb.open_db(str(db_path))
     sdb.set_password(con, "a good password")
@@ -237,11 +254,11 @@ def test_plain_http_off_loopback_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unencrypted; use https"):
         check_url("http://192.0.2.7:8750")
     assert check_url("https://h.example/") == "https://h.example/api/v1/sync"
-    with pytest.raises(sdb.ServerConfigError, match="PostgreSQL is not implemented"):
-        sdb.open_db("postgresql://u@h/db")
+    with pytest.raises(sdb.ServerConfigError, match="cannot connect to PostgreSQL"):
+        sdb.open_db("postgresql://u@127.0.0.1:1/db")
 
 
-def test_openapi_is_served_and_matches_the_file_in_the_repo(server: tuple[Running, str, Path]) -> None:
+def test_openapi_is_served_and_matches_the_file_in_the_repo(server: tuple[Running, str, str]) -> None:
     run, _, _ = server
     conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
     conn.request("GET", "/openapi.json")
@@ -265,7 +282,7 @@ def test_add_device_cli_prints_token_once(tmp_path: Path) -> None:
     assert again.returncode == 2 and "exists" in again.stderr
 
 
-async def test_wrong_token_backs_off_and_never_logs_the_token(server: tuple[Running, str, Path],
+async def test_wrong_token_backs_off_and_never_logs_the_token(server: tuple[Running, str, str],
                                                               tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     run, _, db_path = server
