@@ -367,12 +367,21 @@ class Handler(BaseHTTPRequestHandler):
         self._redirect("/", self._cookie(token, 7 * 86400))
 
 
+def redact(db_url: str) -> str:
+    """A database URL fit for a log: no password."""
+    parts = urlsplit(db_url)
+    if parts.password is None:
+        return db_url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
 def serve(settings: Settings, ready: threading.Event | None = None) -> None:
     """Run until interrupted."""
     server = TalkieServer(settings)
     stop = threading.Event()
     server.start_retention(stop)
-    log.info("talkie-server on %s (database %s)", server.url, settings.db)
+    log.info("talkie-server on %s (database %s)", server.url, redact(settings.db))
     if ready is not None:
         ready.set()
     try:

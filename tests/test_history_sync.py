@@ -20,7 +20,7 @@ from device.history.store import HistoryStore, Usage
 from device.history.sync import SyncClient, SyncSettings, check_url
 from server import db as sdb
 from server import openapi
-from server.app import Settings, TalkieServer
+from server.app import Settings, TalkieServer, redact
 from tests.history_pg import cluster, new_database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -367,3 +367,9 @@ async def test_sync_over_tls_trusts_only_the_given_certificate(tmp_path: Path) -
     finally:
         await store.close()
         await asyncio.to_thread(run.stop)
+
+
+def test_database_password_is_not_logged() -> None:
+    assert redact("postgresql://talkie:hunter2@db.example/talkie") == \
+        "postgresql://talkie:***@db.example/talkie"
+    assert redact("/var/lib/talkie-server/history.db") == "/var/lib/talkie-server/history.db"
