@@ -32,7 +32,7 @@ def cluster() -> Iterator[str]:
         os.chown(root, pw.pw_uid, pw.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     data = root / "data"
-    run = lambda *a: subprocess.run([*as_user, *a], check=True, capture_output=True)  # noqa: E731
+    run = lambda *a: subprocess.run([*as_user, *a], check=True, capture_output=True)
     try:
         run(_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "talkie", "--no-sync")
         run(_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
