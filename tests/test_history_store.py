@@ -52,6 +52,8 @@ def test_kill9_mid_write_50_times_loses_no_committed_turn(tmp_path: Path) -> Non
     with HistoryDB(db_path) as db:
         stored = {r[0] for r in db._db.execute("SELECT uuid FROM messages")}
         assert db._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        queued = {r[0] for r in db._db.execute("SELECT uuid FROM outbox WHERE kind = 'message'")}
+    assert queued == stored, "every stored message is also queued for sync (same transaction)"
     lost = committed - stored
     assert not lost, f"{len(lost)} committed messages lost"
     print(f"kill -9 x50: {len(committed)} committed messages, all present")
