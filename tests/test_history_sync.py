@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -373,3 +374,36 @@ def test_database_password_is_not_logged() -> None:
     assert redact("postgresql://talkie:hunter2@db.example/talkie") == \
         "postgresql://talkie:***@db.example/talkie"
     assert redact("/var/lib/talkie-server/history.db") == "/var/lib/talkie-server/history.db"
+
+
+def test_server_retention_deletes_old_conversations_with_their_messages(server_db: str) -> None:
+    con = sdb.open_db(server_db)
+    device = sdb.device_for_token(con, sdb.add_device(con, "box"))
+    assert device is not None
+    old = json.loads(batch(4, "c3333333-0000-4000-8000-000000000000"))
+    new = json.loads(batch(2, "c4444444-0000-4000-8000-000000000000").replace(b"m0", b"n0"))
+    old["conversations"][0]["started_at"] = 1.0  # 1970: far past any retention
+    new["conversations"][0]["started_at"] = time.time()
+    sdb.upsert_batch(con, device, old)
+    sdb.upsert_batch(con, device, new)
+    assert sdb.prune(con, 30) == 1
+    con.close()
+    assert counts(server_db) == (1, 2)
+
+
+def test_behind_proxy_refuses_what_the_proxy_marks_as_plain_http(tmp_path: Path) -> None:
+    run = start_server(tmp_path / "s.db", behind_proxy=True)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
+        conn.request("GET", "/login", headers={"X-Forwarded-Proto": "http"})
+        resp = conn.getresponse()
+        assert resp.status == 403 and "use https" in json.loads(resp.read())["error"]
+        conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
+        conn.request("GET", "/login", headers={"X-Forwarded-Proto": "https"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert run.server.cookie_secure  # session cookies only over the proxy's TLS
+        conn.close()
+    finally:
+        run.stop()
