@@ -159,3 +159,13 @@ def test_live_api_usage_names_are_understood(tmp_path: Path) -> None:
         db.add_turn(cid, "a", "b", usage={"prompt_token_count": 3, "response_token_count": 4,
                                           "total_token_count": 7})
         assert db.recent_turns(1)[0].usage == Usage(3, 4, 7)
+
+
+async def test_open_from_config_section(tmp_path: Path) -> None:
+    from device.config import loads
+    cfg = loads(f'[history]\npath = "{tmp_path / "x" / "h.db"}"\nretention_days = 7\n'
+                f'recordings = true\n')
+    store = await HistoryStore.open_config(cfg.history)
+    assert store.retention_days == 7 and store.recordings
+    assert (tmp_path / "x" / "h.db").exists()
+    await store.close()

@@ -503,6 +503,12 @@ class HistoryStore:
             await store.prune()
         return store
 
+    @classmethod
+    async def open_config(cls, history: Any) -> HistoryStore:
+        """Open from the config's [history] section (path, retention_days, recordings)."""
+        return await cls.open(history.path, retention_days=history.retention_days,
+                              recordings=history.recordings)
+
     async def _run(self, fn: Callable[[], T], *, write: bool = False) -> T:
         loop = asyncio.get_running_loop()
         try:
