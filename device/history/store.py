@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from device.config import HistoryConfig
 from device.errors import TalkieError
 from device.fileio import atomic_write
 
@@ -504,7 +505,7 @@ class HistoryStore:
         return store
 
     @classmethod
-    async def open_config(cls, history: Any) -> HistoryStore:
+    async def open_config(cls, history: HistoryConfig) -> HistoryStore:
         """Open from the config's [history] section (path, retention_days, recordings)."""
         return await cls.open(history.path, retention_days=history.retention_days,
                               recordings=history.recordings)
