@@ -103,11 +103,37 @@ class GpioConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    path: str = _key("/var/lib/talkie/history.db", "SQLite file of conversations and transcripts.")
+    retention_days: int = _key(90, "Conversations older than this many days are deleted.",
+                               lo=1, hi=3650)
+    recordings: bool = _key(False, "Keep audio recordings of the child; off unless a parent "
+                                   "turns it on (transcripts are kept either way).")
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    url: str = _key("", "History server base URL (https://...); empty: no server, history "
+                        "stays on the box. http:// only to 127.0.0.1 unless allow_http.")
+    token_file: str = _key("", "File holding this box's token from 'python -m server "
+                               "add-device NAME' (preferred over token).")
+    # repr=False: the token never shows in a repr of the config (logs, tracebacks).
+    token: str = field(default="", repr=False, metadata={
+        "doc": "This box's token, if not in token_file. A secret: prefer token_file.",
+        "choices": (), "lo": None, "hi": None})
+    ca_file: str = _key("", "PEM file to trust for the server (a self-signed certificate).")
+    allow_http: bool = _key(False, "Allow plain http:// to another machine (trusted LAN only).")
+    batch_size: int = _key(200, "Changes sent per request.", lo=1, hi=5000)
+
+
+@dataclass(frozen=True)
 class Config:
     child: ChildConfig = field(default_factory=ChildConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
     def replace(self, **sections: dict[str, Any]) -> Config:
         """A copy with keys of some sections changed: `cfg.replace(live={"simulator": True})`."""

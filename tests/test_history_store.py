@@ -1,0 +1,171 @@
+"""History store on real SQLite: durability under kill -9, migrations, retention, full disk."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from device.history.store import (
+    MIGRATIONS,
+    HistoryDB,
+    HistoryFullError,
+    HistoryStore,
+    Usage,
+)
+
+WRITER = Path(__file__).with_name("history_writer.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_kill9_mid_write_50_times_loses_no_committed_turn(tmp_path: Path) -> None:
+    db_path = tmp_path / "history.db"
+    committed: set[str] = set()
+    rng = random.Random(6)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(50):
+        proc = subprocess.Popen([sys.executable, str(WRITER), str(db_path)], env=env,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the writer is up and writing
+        assert first.startswith("C ")
+        time.sleep(rng.uniform(0.0, 0.08))
+        os.kill(proc.pid, signal.SIGKILL)
+        out = proc.stdout.read()  # whatever it printed before dying
+        proc.wait()
+        for line in out.splitlines():
+            parts = line.split()
+            if parts and parts[0] == "T" and len(parts) == 3:
+                committed.update(parts[1:])
+        con = sqlite3.connect(db_path)
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        con.close()
+    assert len(committed) > 50, "the writer never got going: the test proved nothing"
+    with HistoryDB(db_path) as db:
+        stored = {r[0] for r in db._db.execute("SELECT uuid FROM messages")}
+        assert db._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        queued = {r[0] for r in db._db.execute("SELECT uuid FROM outbox WHERE kind = 'message'")}
+    assert queued == stored, "every stored message is also queued for sync (same transaction)"
+    lost = committed - stored
+    assert not lost, f"{len(lost)} committed messages lost"
+    print(f"kill -9 x50: {len(committed)} committed messages, all present")
+
+
+def test_turns_read_back_in_the_chat_shape(tmp_path: Path) -> None:
+    with HistoryDB(tmp_path / "h.db") as db:
+        cid = db.start_conversation(metadata={"child": "Mia"})
+        db.add_turn(cid, "why is the sky blue", "Because sunlight scatters!",
+                    {"turn_ms": 1234, "first_audio_ms": 420}, Usage(100, 50, 150))
+        db.end_conversation(cid)
+        conv = db.get_conversation(cid[:8])
+    assert conv is not None and not conv.active and conv.ended_at is not None
+    assert conv.title == "why is the sky blue" and conv.metadata == {"child": "Mia"}
+    child, toy = conv.messages
+    assert (child.sender, child.type, child.content) == ("user", "text", "why is the sky blue")
+    assert (toy.sender, toy.processing_time_ms, toy.usage.total_tokens) == ("assistant", 1234, 150)
+    assert toy.timings["first_audio_ms"] == 420
+
+
+def test_reopen_keeps_schema_version_and_data(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    with HistoryDB(path) as db:
+        assert db.schema_version == len(MIGRATIONS)
+        cid = db.start_conversation()
+        db.add_turn(cid, "hi", "hello")
+    with HistoryDB(path) as db:
+        assert db.schema_version == len(MIGRATIONS)
+        assert [m.content for m in db.recent_turns(5)] == ["hi", "hello"]
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
+    con.close()
+    with pytest.raises(Exception, match="newer than this software"):
+        HistoryDB(path)
+
+
+def test_retention_deletes_old_conversations_and_their_outbox(tmp_path: Path) -> None:
+    with HistoryDB(tmp_path / "h.db") as db:
+        now = time.time()
+        old = db.start_conversation(started_at=now - 40 * 86400)
+        db.add_turn(old, "old", "old answer", created_at=now - 40 * 86400)
+        db.end_conversation(old, ended_at=now - 40 * 86400)
+        new = db.start_conversation()
+        db.add_turn(new, "new", "new answer")
+        assert db.prune(30) == 1
+        assert [c.uuid for c in db.list_conversations()] == [new]
+        assert all(i.payload.get("uuid") != old for i in db.outbox_batch(100))
+
+
+async def test_full_disk_raises_clear_error_and_box_keeps_going(tmp_path: Path) -> None:
+    # max_page_count makes SQLite report SQLITE_FULL exactly as on a full SD card.
+    store = await HistoryStore.open(tmp_path / "h.db", max_pages=40)
+    cid = await store.start_conversation()
+    with pytest.raises(HistoryFullError, match="disk is full.*free space"):
+        for _ in range(1000):
+            await store.add_turn(cid, "x" * 2000, "y" * 2000)
+    # The store still works for reads and the loop is alive.
+    assert await store.list_conversations()
+    await store.close()
+
+
+async def test_store_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    store = await HistoryStore.open(tmp_path / "h.db")
+    cid = await store.start_conversation()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    t = asyncio.create_task(ticker())
+    for i in range(30):
+        await store.add_turn(cid, f"q{i}", f"a{i}")
+    t.cancel()
+    assert ticks > 5  # the loop kept running while 30 fsync'ed commits went through
+    assert len(await store.recent_turns(100)) == 60
+    await store.close()
+
+
+async def test_recordings_are_kept_only_when_a_parent_turned_them_on(tmp_path: Path) -> None:
+    wav = b"RIFF" + b"\0" * 100
+    off = await HistoryStore.open(tmp_path / "off" / "h.db")
+    cid = await off.start_conversation()
+    assert await off.add_recording(cid, "user", wav) is None
+    assert not (tmp_path / "off" / "recordings").exists()
+    await off.close()
+    on = await HistoryStore.open(tmp_path / "on" / "h.db", recordings=True)
+    cid = await on.start_conversation()
+    mid = await on.add_recording(cid, "user", wav)
+    assert mid is not None
+    assert (tmp_path / "on" / "recordings" / f"{mid}.wav").read_bytes() == wav
+    conv = await on.get_conversation(cid)
+    assert conv is not None and conv.messages[0].type == "audio"
+    assert all(i.payload.get("uuid") != mid for i in await on.outbox_batch(100))  # stays home
+    await on.close()
+
+
+def test_live_api_usage_names_are_understood(tmp_path: Path) -> None:
+    with HistoryDB(tmp_path / "h.db") as db:
+        cid = db.start_conversation()
+        db.add_turn(cid, "a", "b", usage={"prompt_token_count": 3, "response_token_count": 4,
+                                          "total_token_count": 7})
+        assert db.recent_turns(1)[0].usage == Usage(3, 4, 7)
+
+
+async def test_open_from_config_section(tmp_path: Path) -> None:
+    from device.config import loads
+    cfg = loads(f'[history]\npath = "{tmp_path / "x" / "h.db"}"\nretention_days = 7\n'
+                f'recordings = true\n')
+    store = await HistoryStore.open_config(cfg.history)
+    assert store.retention_days == 7 and store.recordings
+    assert (tmp_path / "x" / "h.db").exists()
+    await store.close()
