@@ -11,6 +11,7 @@ interpreter that sends READY=1 at once (same process, same run), and the import 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import statistics
@@ -72,7 +73,7 @@ def import_time(module: str | None) -> float:
     """Wall time of a fresh interpreter importing `module` (None: `pass`)."""
     code = f"import {module}" if module else "pass"
     t0 = time.perf_counter()
-    r = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True,
+    r = subprocess.run([PY, "-c", code], cwd=ROOT, check=False, capture_output=True,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     dt = time.perf_counter() - t0
     if r.returncode != 0:
@@ -104,7 +105,7 @@ def main() -> int:
     print(f"  python -c pass: {bare * 1000:.1f} ms")
     for m in MODULES:
         t = statistics.median(import_time(m) for _ in range(3))
-        if t != t:  # nan
+        if math.isnan(t):
             print(f"  {m}: not importable here")
         else:
             print(f"  {m}: +{(t - bare) * 1000:.1f} ms")

@@ -78,7 +78,7 @@ class RedactingFilter(logging.Filter):
         r = self.redactor
         try:
             message = record.getMessage()
-        except Exception:  # a bad %-format still must not leak its args
+        except Exception:  # noqa: BLE001  # a bad %-format still must not leak its args
             message = f"{record.msg!r} (unformattable args)"
         record.msg = r(message)
         record.args = None

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ def default_status_path(env: Mapping[str, str] | None = None) -> Path:
 def _iso(t: float | None) -> str | None:
     if t is None:
         return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -252,7 +252,7 @@ async def read_wifi(nmcli: str = "nmcli", proc: Path = Path("/proc/net/wireless"
             stderr=asyncio.subprocess.DEVNULL, stdin=asyncio.subprocess.DEVNULL)
         try:
             out, _ = await asyncio.wait_for(p.communicate(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             p.kill()
             await p.wait()
             raise

@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from device.status import StatusReport, default_status_path, read_status
@@ -66,7 +66,7 @@ def _duration(seconds: float) -> str:
 
 def format_report(report: StatusReport, now: datetime | None = None) -> str:
     """The human-readable text of `talkie status`."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     st = report.status
     if not report.running:
         lines = [f"Talkie is NOT running: {report.reason}.",

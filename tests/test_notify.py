@@ -3,6 +3,7 @@ systemd. Covers systemd-python's sender and the plain-socket fallback."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -106,7 +107,7 @@ def test_ready_status_watchdog_rate_and_stall(tmp_path: Path, use_lib: str) -> N
     # Healthy: interval is half of 0.4 s -> about 5 pings per second.
     healthy = _between(got, "STATUS=listening", "STATUS=blocking")
     assert 3 <= len(healthy) <= 7, healthy
-    gaps = [b - a for a, b in zip(healthy, healthy[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(healthy)]
     assert all(0.12 < g < 0.4 for g in gaps), gaps
 
     # Blocked loop: nothing between blocking and unblocked (both sent around the sleep).

@@ -17,8 +17,16 @@ from pathlib import Path
 import pytest
 
 from device.logs import Redactor
-from device.status import (MAX_ERRORS, StatusFile, WifiInfo, default_status_path,
-                           parse_nmcli_wifi, parse_proc_wireless, read_status, read_wifi)
+from device.status import (
+    MAX_ERRORS,
+    StatusFile,
+    WifiInfo,
+    default_status_path,
+    parse_nmcli_wifi,
+    parse_proc_wireless,
+    read_status,
+    read_wifi,
+)
 from device.status_cli import add_commands
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,7 +200,7 @@ def _logs(argv: list[str], path_env: str) -> subprocess.CompletedProcess[str]:
             "p = argparse.ArgumentParser(prog='talkie');"
             "add_commands(p.add_subparsers(required=True));"
             "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
-    return subprocess.run([sys.executable, "-c", code, "logs", *argv], cwd=ROOT,
+    return subprocess.run([sys.executable, "-c", code, "logs", *argv], cwd=ROOT, check=False,
                           capture_output=True, text=True, timeout=30,
                           env=dict(os.environ, PYTHONPATH=str(ROOT), PATH=path_env))
 
