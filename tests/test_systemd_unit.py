@@ -8,6 +8,7 @@ ExecStart pointing at a stub script there; nothing else is changed.
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -75,3 +76,37 @@ def test_unit_keeps_what_the_daemon_needs() -> None:
     assert keys["LoadCredential"] == ["gemini-api-key:/etc/talkie/credentials/gemini-api-key"]
     assert keys["SupplementaryGroups"] == ["audio gpio"]
     assert int(keys["TimeoutStopSec"][0]) <= 10
+
+
+def _cffi_callbacks(src: str) -> list[int]:
+    """Lines of `ffi.callback(...)` and of `*Stream(..., callback=X)` with X not None."""
+    lines = []
+    for node in ast.walk(ast.parse(src)):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+        owner = ast.unparse(f.value) if isinstance(f, ast.Attribute) else ""
+        if name == "callback" and "ffi" in owner:
+            lines.append(node.lineno)
+        elif name.endswith("Stream") and any(
+                k.arg in ("callback", "finished_callback")
+                and not (isinstance(k.value, ast.Constant) and k.value.value is None)
+                for k in node.keywords):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_cffi_callbacks_while_memory_deny_write_execute_is_on() -> None:
+    """The unit sets MemoryDenyWriteExecute=yes because audio uses blocking PortAudio streams.
+    A sounddevice stream with callback= or finished_callback= (or any ffi.callback) would be
+    killed by that setting on the Pi only: catch it here instead."""
+    assert _cffi_callbacks("s = sd.InputStream(callback=self._cb)\n") == [1]
+    assert _cffi_callbacks("s = sd.InputStream(callback=None)\n# ffi.callback(x)\n") == []
+    if "\nMemoryDenyWriteExecute=yes" not in UNIT.read_text():
+        return
+    root = UNIT.parents[1]
+    offenders = [f"{py.relative_to(root)}:{line}" for py in sorted((root / "device").rglob("*.py"))
+                 for line in _cffi_callbacks(py.read_text())]
+    assert offenders == [], ("cffi callbacks need W+X memory: set MemoryDenyWriteExecute=no "
+                             f"in systemd/talkie.service (and say why), found {offenders}")
