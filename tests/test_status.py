@@ -231,3 +231,20 @@ def test_journalctl_argv() -> None:
     assert journalctl_argv(ns) == ["journalctl", "--no-pager", "-o", "short-iso", "-u", "talkie",
                                    "--since", "today", "--follow",
                                    "TALKIE_EVENT=reconnect", "TALKIE_EVENT=error"]
+
+
+def test_talkie_logs_filter_is_unit_and_any_event(tmp_path: Path) -> None:
+    """journalctl's own parse of our command line: events OR-ed, AND the talkie unit."""
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    code = ("import sys, argparse; from device.status_cli import add_commands;"
+            "p = argparse.ArgumentParser(prog='talkie');"
+            "add_commands(p.add_subparsers(required=True));"
+            "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
+    r = subprocess.run([sys.executable, "-c", code, "logs", "--directory", str(journal),
+                        "--event", "reconnect", "--event", "error"], cwd=ROOT, check=False,
+                       capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), SYSTEMD_LOG_LEVEL="debug"))
+    line = next(x for x in r.stderr.splitlines() if x.startswith("Journal filter:"))
+    assert line.startswith("Journal filter: ((TALKIE_EVENT=error OR TALKIE_EVENT=reconnect) AND (")
+    assert "_SYSTEMD_UNIT=talkie.service" in line
