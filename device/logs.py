@@ -125,8 +125,13 @@ def setup_logging(
     stream: Any = None,
     logger_name: str = "device",
     journal_sender: Any = None,
+    library_level: int | str = logging.WARNING,
 ) -> Redactor:
-    """Configure the `device` logger (never the root logger) and return its Redactor.
+    """Send the `device` loggers at `level`, and every other library's at `library_level`
+    (google-genai, websockets, ...), through one redacting handler; return its Redactor.
+
+    The handler sits on the root logger because library records only reach the root: without
+    it Python's last-resort handler would print their warnings, unredacted, to stderr.
 
     `journal=None` picks journald under systemd and stderr otherwise; True without
     systemd-python falls back to stderr with a warning. Call `redactor.add(api_key)` as soon
@@ -154,13 +159,14 @@ def setup_logging(
     handler.addFilter(RedactingFilter(redactor))
     handler._talkie = True  # type: ignore[attr-defined]  # marks ours for replacement
 
-    logger = logging.getLogger(logger_name)
-    for old in [h for h in logger.handlers if getattr(h, "_talkie", False)]:
-        logger.removeHandler(old)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_talkie", False)]:
+        root.removeHandler(old)
         old.close()
-    logger.addHandler(handler)
+    root.addHandler(handler)
+    root.setLevel(library_level)
+    logger = logging.getLogger(logger_name)
     logger.setLevel(level)
-    logger.propagate = False
     if fallback_reason:
         logger.warning("journald logging unavailable: %s; logging to stderr", fallback_reason)
     return redactor

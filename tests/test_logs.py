@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,19 @@ ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "AIzaSyTEST" + "x" * 24 + "abcde"
 assert len(API_KEY) == 39
 WIFI_PSK = "correct-horse-battery"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """setup_logging configures the root logger; give other tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
 
 
 def _all_text(records: list[dict[str, Any]]) -> str:
@@ -68,6 +82,21 @@ def test_stderr_handler_redacts_messages_args_fields_and_tracebacks() -> None:
     assert "Traceback (most recent call last)" in text  # tracebacks kept, only redacted
     assert "ConnectionError: handshake rejected for key [REDACTED]" in text
     assert "event=connect_failed" in text and "session=s1" in text
+
+
+def test_library_loggers_are_redacted_and_filtered_by_level() -> None:
+    """google-genai and websockets log through their own loggers: same handler, same
+    redaction, WARNING and up only (their DEBUG lines carry URLs and frames)."""
+    out = io.StringIO()
+    red = setup_logging(logging.DEBUG, journal=False, stream=out, logger_name="device.t4")
+    red.add(API_KEY)
+    logging.getLogger("google_genai.live").warning("connect to wss://h/ws?key=%s", API_KEY)
+    logging.getLogger("websockets.client").debug("> GET /ws?key=%s", API_KEY)
+    logging.getLogger("device.t4").debug("debug from our code")
+    text = out.getvalue()
+    assert API_KEY not in text
+    assert "google_genai.live: connect to wss://h/ws?key=[REDACTED]" in text
+    assert "> GET" not in text and "debug from our code" in text
 
 
 def test_journal_handler_gets_fields_and_no_secret() -> None:
