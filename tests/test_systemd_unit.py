@@ -87,12 +87,12 @@ def _cffi_callbacks(src: str) -> list[int]:
         f = node.func
         name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
         owner = ast.unparse(f.value) if isinstance(f, ast.Attribute) else ""
-        if name == "callback" and "ffi" in owner:
-            lines.append(node.lineno)
-        elif name.endswith("Stream") and any(
-                k.arg in ("callback", "finished_callback")
-                and not (isinstance(k.value, ast.Constant) and k.value.value is None)
-                for k in node.keywords):
+        ffi_callback = name == "callback" and "ffi" in owner
+        stream_callback = name.endswith("Stream") and any(
+            k.arg in ("callback", "finished_callback")
+            and not (isinstance(k.value, ast.Constant) and k.value.value is None)
+            for k in node.keywords)
+        if ffi_callback or stream_callback:
             lines.append(node.lineno)
     return lines
 
