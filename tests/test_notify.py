@@ -106,9 +106,9 @@ def test_ready_status_watchdog_rate_and_stall(tmp_path: Path, use_lib: str) -> N
 
     # Healthy: interval is half of 0.4 s -> about 5 pings per second.
     healthy = _between(got, "STATUS=listening", "STATUS=blocking")
-    assert 3 <= len(healthy) <= 7, healthy
+    assert 3 <= len(healthy) <= 7, healthy  # 1 s at 0.2 s, with room for a loaded CI
     gaps = [b - a for a, b in itertools.pairwise(healthy)]
-    assert all(0.12 < g < 0.4 for g in gaps), gaps
+    assert all(0.12 < g < 0.6 for g in gaps), gaps
 
     # Blocked loop: nothing between blocking and unblocked (both sent around the sleep).
     assert _between(got, "STATUS=blocking", "STATUS=unblocked") == []
