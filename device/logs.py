@@ -123,15 +123,17 @@ def setup_logging(
     redactor: Redactor | None = None,
     journal: bool | None = None,
     stream: Any = None,
-    logger_name: str = "device",
+    logger_name: str | tuple[str, ...] = ("device", "talkie"),
     journal_sender: Any = None,
     library_level: int | str = logging.WARNING,
 ) -> Redactor:
-    """Send the `device` loggers at `level`, and every other library's at `library_level`
+    """Send our loggers (`device.*`, `talkie`) at `level`, every library's at `library_level`
     (google-genai, websockets, ...), through one redacting handler; return its Redactor.
 
     The handler sits on the root logger because library records only reach the root: without
-    it Python's last-resort handler would print their warnings, unredacted, to stderr.
+    it Python's last-resort handler would print their warnings, unredacted, to stderr. A
+    `logging.basicConfig` stderr handler found there is removed (under systemd it would log
+    every line twice); any other handler already there gets the redacting filter too.
 
     `journal=None` picks journald under systemd and stderr otherwise; True without
     systemd-python falls back to stderr with a warning. Call `redactor.add(api_key)` as soon
@@ -160,15 +162,22 @@ def setup_logging(
     handler._talkie = True  # type: ignore[attr-defined]  # marks ours for replacement
 
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_talkie", False)]:
-        root.removeHandler(old)
-        old.close()
+    for old in root.handlers[:]:
+        basic = type(old) is logging.StreamHandler and old.stream in (sys.stderr, sys.stdout)
+        if getattr(old, "_talkie", False) or basic:
+            root.removeHandler(old)
+            if not basic:
+                old.close()
+        elif not any(isinstance(f, RedactingFilter) for f in old.filters):
+            old.addFilter(RedactingFilter(redactor))
     root.addHandler(handler)
     root.setLevel(library_level)
-    logger = logging.getLogger(logger_name)
-    logger.setLevel(level)
+    names = (logger_name,) if isinstance(logger_name, str) else logger_name
+    for name in names:
+        logging.getLogger(name).setLevel(level)
     if fallback_reason:
-        logger.warning("journald logging unavailable: %s; logging to stderr", fallback_reason)
+        logging.getLogger(__name__).warning(
+            "journald logging unavailable: %s; logging to stderr", fallback_reason)
     return redactor
 
 

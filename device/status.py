@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from device.fileio import atomic_write
 
 #: How many recent errors the file keeps.
 MAX_ERRORS = 10
@@ -105,29 +106,6 @@ class Status:
         return cls(wifi=wifi, live=live, **known)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so readers see the old or the new file, never a mix, and
-    the new one survives a power cut once this returns."""
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)  # readable by a parent's shell despite UMask=0077
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 class StatusFile:
     """The daemon's side: holds the status and rewrites the file on every change.
 
@@ -157,7 +135,7 @@ class StatusFile:
         data = json.dumps(asdict(s), indent=1, sort_keys=True).encode() + b"\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, data)
+            atomic_write(self.path, data)  # 0644: readable by a parent despite UMask=0077
         except OSError as e:
             kind = f"{type(e).__name__}:{e.errno}"
             if kind != self._last_error_kind and self._on_error:
@@ -167,6 +145,7 @@ class StatusFile:
             self._last_error_kind = None
 
     def set_state(self, state: str) -> None:
+        state = str(state)  # a State enum or a plain string
         if state != self.status.state:
             self.status.state = state
             self.status.since = _iso(self._clock())

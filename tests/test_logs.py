@@ -28,11 +28,18 @@ def _restore_logging() -> Iterator[None]:
     """setup_logging configures the root logger; give other tests theirs back."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    filters = {h: h.filters[:] for h in handlers}  # pytest's own capture handlers among them
     yield
     for h in root.handlers[:]:
         if h not in handlers:
             root.removeHandler(h)
             h.close()
+    for h in handlers:
+        if h not in root.handlers:
+            root.addHandler(h)
+        h.filters[:] = filters[h]
+    for name in ("device", "talkie"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
     root.setLevel(level)
 
 
@@ -97,6 +104,25 @@ def test_library_loggers_are_redacted_and_filtered_by_level() -> None:
     assert API_KEY not in text
     assert "google_genai.live: connect to wss://h/ws?key=[REDACTED]" in text
     assert "> GET" not in text and "debug from our code" in text
+
+
+def test_basicconfig_handler_is_replaced_and_others_get_the_filter() -> None:
+    """cli.main() calls logging.basicConfig before `talkie run` sets up logging."""
+    root = logging.getLogger()
+    basic = logging.StreamHandler(sys.stderr)  # what basicConfig installs
+    other_out = io.StringIO()
+    other = logging.StreamHandler(other_out)  # someone else's handler, e.g. a file
+    root.addHandler(basic)
+    root.addHandler(other)
+    out = io.StringIO()
+    red = setup_logging(logging.INFO, journal=False, stream=out)
+    red.add(API_KEY)
+    assert basic not in root.handlers and other in root.handlers
+    logging.getLogger("talkie").info("cli logger: %s", API_KEY)  # main's CLI logger name
+    logging.getLogger("device.daemon").info("daemon logger: %s", API_KEY)
+    assert "cli logger: [REDACTED]" in out.getvalue()
+    assert "daemon logger: [REDACTED]" in out.getvalue()
+    assert API_KEY not in other_out.getvalue() and "[REDACTED]" in other_out.getvalue()
 
 
 def test_journal_handler_gets_fields_and_no_secret() -> None:
