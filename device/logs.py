@@ -46,10 +46,13 @@ class Redactor:
         for s in secrets:
             self.add(s)
 
-    def add(self, secret: str | None) -> None:
-        """Register one value (say, the API key once it is read). Short values are ignored:
-        hiding every "1234" would make logs unreadable and protects nothing."""
-        if not secret or len(secret) < 6:
+    def add(self, secret: Any) -> None:
+        """Register one value: a str, or a `config.Secret` (anything with `reveal()`), say the
+        API key once it is read. Short values are ignored: hiding every "1234" would make
+        logs unreadable and protects nothing."""
+        if secret is not None and hasattr(secret, "reveal"):
+            secret = secret.reveal()
+        if not isinstance(secret, str) or len(secret) < 6:
             return
         with self._lock:
             if secret not in self._secrets:

@@ -190,7 +190,10 @@ def test_under_systemd(env: dict[str, str], expected: bool) -> None:
 
 
 def test_redactor_patterns_leave_ordinary_text() -> None:
+    from device.config import Secret
     r = Redactor(["s3cr3t-value"])
+    r.add(Secret("from-the-credential-file"))
+    assert r("key from-the-credential-file") == f"key {REDACTED}"
     assert r("state idle -> listening, latency 812 ms") == "state idle -> listening, latency 812 ms"
     assert r("a s3cr3t-value b") == f"a {REDACTED} b"
     assert r("monkey=1 key=abc123&x=2") == "monkey=1 key=abc123&x=2"  # only query-style key=
