@@ -55,6 +55,8 @@ class StatusLights:
             return []
         if self.kind == "single":
             return [self.device.pin]
+        if self.kind == "rgb":
+            return [led.pin for led in self.device._leds]  # no public accessor
         return [led.pin for led in self.device]
 
     def set_state(self, name: str) -> None:
@@ -95,7 +97,7 @@ class StatusLights:
         elif pattern == "flash":
             dev.blink(on_time=0.1, off_time=0.1, **on)
         elif pattern == "flicker":
-            dev.blink(on_time=0.12, off_time=0.08, fade_in_time=0.04, fade_out_time=0.04, **on)
+            dev.blink(on_time=0.08, off_time=0.04, fade_in_time=0.08, fade_out_time=0.08, **on)
         elif pattern == "wink":
             dev.blink(on_time=0.1, off_time=2.9, **on)
 
