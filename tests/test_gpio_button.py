@@ -6,7 +6,10 @@ import asyncio
 
 from device.gpio.button import ButtonGestures, ButtonTiming
 from device.gpio.factory import Gpio
-from tests.gpio_helpers import chatter, config, drain, factory, kinds  # noqa: F401
+from tests import gpio_helpers
+from tests.gpio_helpers import chatter, config, drain, kinds
+
+factory = gpio_helpers.factory
 
 FAST = {"long_press_s": 0.5, "very_long_press_s": 1.0}
 

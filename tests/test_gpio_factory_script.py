@@ -11,12 +11,15 @@ from gpiozero import Button
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 import device.gpio.script as script_module
-from device.config import Config, ConfigError, GpioConfig, loads
+from device.config import ConfigError, GpioConfig, loads
 from device.events import ButtonEvent
 from device.gpio.factory import Gpio, make_pin_factory, on_a_pi
 from device.gpio.script import ScriptError, load, parse, play, script_pins
 from device.gpio.volume import VolumeChange
-from tests.gpio_helpers import config, drain, factory, kinds  # noqa: F401
+from tests import gpio_helpers
+from tests.gpio_helpers import config, drain, kinds
+
+factory = gpio_helpers.factory
 
 
 def test_auto_is_mock_pins_off_the_pi(tmp_path):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
 
 from device.gpio.leds import DIM, STATES, StatusLights
 from device.states import State
-from tests.gpio_helpers import config, factory  # noqa: F401
+from tests import gpio_helpers
+from tests.gpio_helpers import config
+
+factory = gpio_helpers.factory
 
 
 def watch(pin, seconds: float) -> list[float]:
@@ -33,7 +37,7 @@ def shape(values: list[float]) -> str:
 
 
 def toggles(values: list[float]) -> int:
-    return sum(1 for a, b in zip(values, values[1:]) if (a > 0.5) != (b > 0.5))
+    return sum(1 for a, b in itertools.pairwise(values) if (a > 0.5) != (b > 0.5))
 
 
 # Per state: how it looks within 0.7 s, and how many on/off swaps at least (or at most).

@@ -6,7 +6,10 @@ import asyncio
 
 from device.gpio.factory import Gpio
 from device.gpio.shake import ShakeDetector, ShakeTiming
-from tests.gpio_helpers import chatter, config, drain, factory, flip, kinds  # noqa: F401
+from tests import gpio_helpers
+from tests.gpio_helpers import chatter, config, drain, flip, kinds
+
+factory = gpio_helpers.factory
 
 SHAKE = {"shake_enabled": True}   # defaults: 4 flips within 1.2 s, 25 ms bounce, 3 s cooldown
 

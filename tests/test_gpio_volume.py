@@ -7,7 +7,10 @@ import asyncio
 from device.config import Config
 from device.gpio.factory import Gpio
 from device.gpio.volume import VolumeControl
-from tests.gpio_helpers import drain, factory  # noqa: F401
+from tests import gpio_helpers
+from tests.gpio_helpers import drain
+
+factory = gpio_helpers.factory
 
 
 def cfg(control: str, volume: float = 0.5, max_volume: float = 0.7) -> Config:
@@ -55,7 +58,8 @@ async def test_encoder_turns_step_both_ways(factory):
 async def test_encoder_half_turn_is_no_step(factory):
     with Gpio(cfg("encoder"), factory=factory) as gpio:
         a, b = factory.pin("GPIO5"), factory.pin("GPIO6")
-        a.drive_low(); b.drive_low(); b.drive_high(); a.drive_high()  # wiggle back  # noqa: E702
+        for step in (a.drive_low, b.drive_low, b.drive_high, a.drive_high):
+            step()  # wiggle back
         await asyncio.sleep(0.05)
         assert drain(gpio.queue) == []
 

@@ -11,7 +11,7 @@ import importlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from device.config import Config, GpioConfig
 from device.errors import ConfigError
@@ -60,13 +60,13 @@ def make_pin_factory(cfg: GpioConfig, model_file: Path = MODEL_FILE) -> Any:
 
         try:
             return Device._default_pin_factory()  # gpiozero's own lgpio/RPi.GPIO/... order
-        except Exception as e:  # gpiozero raises BadPinFactory after trying each
+        except Exception as e:  # noqa: BLE001 - gpiozero raises BadPinFactory after each
             raise ConfigError(f"gpio.pin_factory 'auto': no GPIO library works on this Pi ({e}); "
                               f"install python3-lgpio, or set pin_factory = \"mock\"") from None
     module, name, install = _REAL[choice]
     try:
         return getattr(importlib.import_module(module), name)()
-    except Exception as e:  # ImportError, or the library failing to open /dev/gpiochip
+    except Exception as e:  # noqa: BLE001 - ImportError, or no access to /dev/gpiochip
         raise ConfigError(f"gpio.pin_factory {choice!r} cannot start ({e.__class__.__name__}: {e}); "
                           f"install {install}, check access to /dev/gpiochip*, or set "
                           f"pin_factory = \"auto\"") from None
@@ -129,12 +129,12 @@ class Gpio:
             if part is not None:
                 try:
                     part.close()
-                except Exception:  # noqa: BLE001 - closing the rest matters more
+                except Exception:  # closing the rest matters more
                     log.exception("closing %s failed", type(part).__name__)
         if self._own_factory and self.factory is not None:
             self.factory.close()
 
-    def __enter__(self) -> Gpio:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

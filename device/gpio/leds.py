@@ -31,7 +31,7 @@ class StatusLights:
     """The configured LEDs; `set_state(name)` shows that state's pattern."""
 
     def __init__(self, cfg: GpioConfig, factory: Any) -> None:
-        from gpiozero import LEDBoard, PWMLED, RGBLED
+        from gpiozero import PWMLED, RGBLED, LEDBoard
 
         self.kind = cfg.led_kind
         self.patterns = {s: getattr(cfg, f"led_{s}") for s in STATES}
