@@ -14,7 +14,7 @@ import device.gpio.script as script_module
 from device.config import ConfigError, GpioConfig, loads
 from device.events import ButtonEvent
 from device.gpio.factory import Gpio, make_pin_factory, on_a_pi
-from device.gpio.script import ScriptError, load, parse, play, script_pins
+from device.gpio.script import ScriptError, load, parse, play, play_on, script_pins
 from device.gpio.volume import VolumeChange
 from tests import gpio_helpers
 from tests.gpio_helpers import config, drain, kinds
@@ -135,3 +135,18 @@ async def test_player_drives_the_box_at_pin_level(factory, tmp_path: Path):
     assert 0.04 <= buttons[0].t - start < 0.2, "the press comes at its scripted time"
     assert 0.37 <= buttons[2].t - start < 0.6, "the shake is recognised on its 4th flip"
     assert [v.level for v in volume] == [0.9, 1.0]
+
+
+async def test_play_on_a_running_gpio(factory):
+    with Gpio(config(), factory=factory) as gpio:
+        await asyncio.wait_for(play_on(gpio, parse("0 hold button 0.6")), 2)
+        await asyncio.sleep(0.05)
+        assert kinds(drain(gpio.queue)) == ["press", "release"]
+
+
+def test_script_needs_mock_pins():
+    class RealFactory:  # stands for LGPIOFactory, which this machine cannot open
+        pass
+
+    with pytest.raises(ScriptError, match='pin_factory = "mock"'):
+        script_pins(GpioConfig(), RealFactory())

@@ -81,6 +81,7 @@ class Gpio:
 
     def __init__(self, cfg: Config, *, factory: Any = None, queue_size: int = 64,
                  volume: VolumeControl | None = None) -> None:
+        self.cfg = cfg
         self._own_factory = factory is None
         self.factory = make_pin_factory(cfg.gpio) if factory is None else factory
         self.queue: asyncio.Queue[GpioEvent] = asyncio.Queue(maxsize=queue_size)

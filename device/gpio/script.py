@@ -130,6 +130,11 @@ def _number(word: str, where: str, what: str) -> float:
 
 def script_pins(cfg: GpioConfig, factory: Any) -> dict[str, Any]:
     """The mock pins a script may drive, by name, from the factory the devices use."""
+    from gpiozero.pins.mock import MockFactory
+
+    if not isinstance(factory, MockFactory):
+        raise ScriptError("an events script drives mock pins, but the box is on real pins; "
+                          "set [gpio] pin_factory = \"mock\" (talkie simulate does) to use one")
     numbers = {"button": cfg.button_pin, "shake": cfg.shake_pin,
                "volume_up": cfg.volume_up_pin, "volume_down": cfg.volume_down_pin,
                "encoder_a": cfg.encoder_a_pin, "encoder_b": cfg.encoder_b_pin}
@@ -150,3 +155,8 @@ async def play(steps: list[PinStep], pins: dict[str, Any], *,
             pin.drive_high()
         else:
             pin.drive_low()
+
+
+async def play_on(gpio: Any, steps: list[PinStep]) -> None:
+    """Play `steps` on the pins of a running `device.gpio.factory.Gpio` (mock pins)."""
+    await play(steps, script_pins(gpio.cfg.gpio, gpio.factory))
