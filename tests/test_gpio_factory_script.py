@@ -150,3 +150,9 @@ def test_script_needs_mock_pins():
 
     with pytest.raises(ScriptError, match='pin_factory = "mock"'):
         script_pins(GpioConfig(), RealFactory())
+
+
+def test_wiring_doc_example_parses():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "wiring.md").read_text()
+    example = doc.split("```")[1]
+    assert {s.pin for s in parse(example)} >= {"button", "shake", "encoder_a", "volume_up"}
