@@ -24,7 +24,7 @@ async def test_short_press_is_one_press_and_one_release(factory):
         await asyncio.sleep(0.7)
         events = drain(gpio.queue)
     assert kinds(events) == ["press", "release"]
-    assert 0.1 < events[1].t - events[0].t < 0.3
+    assert 0.15 <= events[1].t - events[0].t < 0.5
 
 
 async def test_bouncing_contacts_give_one_press_and_one_release(factory):
@@ -66,7 +66,7 @@ async def test_long_press_while_held(factory):
         await asyncio.sleep(0.1)
         events = drain(gpio.queue)
     assert kinds(events) == ["press", "long_press", "release"]
-    assert 0.5 <= events[1].t - events[0].t < 0.65
+    assert 0.5 <= events[1].t - events[0].t < 0.75, "due at 0.5 s, before the release"
 
 
 async def test_very_long_press_follows_the_long_press(factory):
@@ -78,7 +78,7 @@ async def test_very_long_press_follows_the_long_press(factory):
         await asyncio.sleep(0.1)
         events = drain(gpio.queue)
     assert kinds(events) == ["press", "long_press", "very_long_press", "release"]
-    assert 1.0 <= events[2].t - events[0].t < 1.15
+    assert 1.0 <= events[2].t - events[0].t < 1.2
 
 
 async def test_hold_mode_is_push_to_talk_without_long_gestures(factory):

@@ -132,8 +132,8 @@ async def test_player_drives_the_box_at_pin_level(factory, tmp_path: Path):
     buttons = [e for e in events if isinstance(e, ButtonEvent)]
     volume = [e for e in events if isinstance(e, VolumeChange)]
     assert kinds(buttons) == ["press", "release", "shake"]
-    assert 0.04 <= buttons[0].t - start < 0.2, "the press comes at its scripted time"
-    assert 0.37 <= buttons[2].t - start < 0.6, "the shake is recognised on its 4th flip"
+    assert 0.04 <= buttons[0].t - start < 0.3, "the press comes at its scripted time"
+    assert 0.37 <= buttons[2].t - start < 0.8, "the shake is recognised on its 4th flip"
     assert [v.level for v in volume] == [0.9, 1.0]
 
 
