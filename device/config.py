@@ -93,6 +93,10 @@ class AudioConfig:
                                     "blocks plus the device's latency.", lo=5, hi=100)
 
 
+#: LED patterns a state may show (device/gpio/leds.py draws them).
+LED_PATTERNS = ("off", "on", "dim", "breathe", "pulse", "blink", "flash", "flicker", "wink")
+
+
 @dataclass(frozen=True)
 class GpioConfig:
     pin_factory: str = _key("auto", "gpiozero pin factory: 'auto' (real pins on a Pi, mock pins "
@@ -100,6 +104,116 @@ class GpioConfig:
                             choices=("auto", "mock", "lgpio", "rpigpio", "pigpio", "native"))
     button_pin: int = _key(17, "BCM pin of the big button (wired to ground).", lo=0, hi=27)
     led_pin: int = _key(18, "BCM pin of the status LED (through a resistor to ground).", lo=0, hi=27)
+    button_mode: str = _key("tap", "How the big button talks: 'tap' (a press wakes the box or "
+                                    "interrupts it) or 'hold' (push-to-talk: hold while speaking).",
+                            choices=("tap", "hold"))
+    button_bounce_ms: int = _key(30, "Edges closer than this after a press or release are contact "
+                                     "bounce and ignored.", lo=0, hi=500)
+    long_press_s: float = _key(2.0, "Holding the button this long ends the conversation (tap mode).",
+                               lo=0.5, hi=10)
+    very_long_press_s: float = _key(8.0, "Holding the button this long makes the box say its status "
+                                         "(Wi-Fi, address) for parents (tap mode).", lo=1, hi=30)
+    shake_enabled: bool = _key(False, "Wake the box by shaking it (needs a tilt/shake switch).")
+    shake_pin: int = _key(27, "BCM pin of the tilt/shake switch (wired to ground).", lo=0, hi=27)
+    shake_edges: int = _key(4, "Switch flips (after debouncing) that make a shake.", lo=2, hi=20)
+    shake_window_ms: int = _key(1200, "The flips of one shake must fall within this time.",
+                                lo=100, hi=5000)
+    shake_bounce_ms: int = _key(25, "Flips of the tilt switch closer than this are one flip "
+                                    "(contact bounce).", lo=0, hi=500)
+    shake_cooldown_s: float = _key(3.0, "After a shake, further shaking is ignored this long.",
+                                   lo=0, hi=60)
+    volume_control: str = _key("none", "Volume knob: 'none', 'buttons' (up/down buttons) or "
+                                       "'encoder' (a rotary encoder).",
+                               choices=("none", "buttons", "encoder"))
+    volume_up_pin: int = _key(22, "BCM pin of the volume-up button (wired to ground).", lo=0, hi=27)
+    volume_down_pin: int = _key(23, "BCM pin of the volume-down button (wired to ground).",
+                                lo=0, hi=27)
+    encoder_a_pin: int = _key(5, "BCM pin of the rotary encoder's A (CLK) output.", lo=0, hi=27)
+    encoder_b_pin: int = _key(6, "BCM pin of the rotary encoder's B (DT) output.", lo=0, hi=27)
+    volume_step: float = _key(0.1, "How much one click or detent changes the volume.",
+                              lo=0.01, hi=0.5)
+    led_kind: str = _key("single", "Status light: 'single' (one LED on led_pin), 'rgb' (an RGB "
+                                   "LED on the rgb_*_pin keys), 'leds' (a few LEDs on led_pins, all "
+                                   "showing the same pattern, e.g. two eyes) or 'none'.",
+                         choices=("single", "rgb", "leds", "none"))
+    led_pins: list[int] = _key([], "BCM pins of the LEDs when led_kind = 'leds', e.g. [12, 13].")
+    rgb_red_pin: int = _key(24, "BCM pin of the RGB LED's red leg.", lo=0, hi=27)
+    rgb_green_pin: int = _key(25, "BCM pin of the RGB LED's green leg.", lo=0, hi=27)
+    rgb_blue_pin: int = _key(26, "BCM pin of the RGB LED's blue leg.", lo=0, hi=27)
+    led_active_high: bool = _key(True, "True if a high pin lights the LED (LED to ground, or a "
+                                       "common-cathode RGB LED); false for common-anode.")
+    led_booting: str = _key("dim", "LED pattern while starting.", choices=LED_PATTERNS)
+    led_idle: str = _key("breathe", "LED pattern while waiting for the button.",
+                         choices=LED_PATTERNS)
+    led_connecting: str = _key("blink", "LED pattern while connecting.", choices=LED_PATTERNS)
+    led_listening: str = _key("on", "LED pattern while the child may talk.", choices=LED_PATTERNS)
+    led_thinking: str = _key("pulse", "LED pattern while waiting for the reply.",
+                             choices=LED_PATTERNS)
+    led_speaking: str = _key("flicker", "LED pattern while the toy talks.", choices=LED_PATTERNS)
+    led_error: str = _key("flash", "LED pattern when something needs a grown-up.",
+                          choices=LED_PATTERNS)
+    led_offline: str = _key("wink", "LED pattern while the Live API cannot be reached.",
+                            choices=LED_PATTERNS)
+    led_sleeping: str = _key("off", "LED pattern in quiet hours or with today's budget spent.",
+                             choices=LED_PATTERNS)
+    color_booting: str = _key("#ffffff", "RGB LED colour while starting, '#rrggbb'.")
+    color_idle: str = _key("#0040ff", "RGB LED colour while waiting for the button.")
+    color_connecting: str = _key("#00c0ff", "RGB LED colour while connecting.")
+    color_listening: str = _key("#00ff40", "RGB LED colour while the child may talk.")
+    color_thinking: str = _key("#ffb000", "RGB LED colour while waiting for the reply.")
+    color_speaking: str = _key("#c000ff", "RGB LED colour while the toy talks.")
+    color_error: str = _key("#ff0000", "RGB LED colour when something needs a grown-up.")
+    color_offline: str = _key("#ff4000", "RGB LED colour while the Live API cannot be reached.")
+    color_sleeping: str = _key("#100020", "RGB LED colour in quiet hours or with the budget spent.")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name.startswith("color_") and not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+                raise ConfigError(f"'gpio.{f.name}' is {value!r}; write a colour as '#rrggbb', "
+                                  f"e.g. {f.name} = \"#00ff40\"")
+        for pin in self.led_pins:
+            if not 0 <= pin <= 27:
+                raise ConfigError(f"'gpio.led_pins' has {pin!r}; BCM pins are 0 to 27")
+        if self.led_kind == "leds" and not self.led_pins:
+            raise ConfigError("'gpio.led_kind' is 'leds' but 'gpio.led_pins' is empty; "
+                              "list the LEDs' BCM pins, e.g. led_pins = [12, 13]")
+        if self.very_long_press_s <= self.long_press_s:
+            raise ConfigError(f"'gpio.very_long_press_s' ({self.very_long_press_s}) must be longer "
+                              f"than 'gpio.long_press_s' ({self.long_press_s}); e.g. 8.0 and 2.0")
+
+
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    quiet_hours_start: str = _key("", "Local time quiet hours begin, 'HH:MM' (e.g. '19:30'); the "
+                                      "box then plays a sleepy sound instead of waking. Empty: none.")
+    quiet_hours_end: str = _key("", "Local time quiet hours end, 'HH:MM' (e.g. '07:00'); may be "
+                                    "earlier than the start (the hours cross midnight).")
+    daily_budget_minutes: int = _key(0, "Talk time allowed per day, reset at local midnight; "
+                                        "0 means no limit.", lo=0, hi=1440)
+    budget_counts: str = _key("conversation", "What the budget counts: 'conversation' (time "
+                                               "awake in a conversation) or 'audio' (seconds of "
+                                               "the child's speech streamed).",
+                              choices=("conversation", "audio"))
+    max_conversation_minutes: int = _key(15, "A conversation ends after this long; 0 means no "
+                                             "limit.", lo=0, hi=240)
+
+    def __post_init__(self) -> None:
+        for name in ("quiet_hours_start", "quiet_hours_end"):
+            value = getattr(self, name)
+            if value and not _HHMM.fullmatch(value):
+                raise ConfigError(f"'limits.{name}' is {value!r}; write a 24-hour local time as "
+                                  f"\"HH:MM\", e.g. {name} = \"19:30\", or \"\" for no quiet hours")
+        if bool(self.quiet_hours_start) != bool(self.quiet_hours_end):
+            raise ConfigError("'limits.quiet_hours_start' and 'limits.quiet_hours_end' go together; "
+                              "set both (e.g. \"19:30\" and \"07:00\") or leave both empty")
+        if self.quiet_hours_start and self.quiet_hours_start == self.quiet_hours_end:
+            raise ConfigError(f"'limits.quiet_hours_start' equals 'limits.quiet_hours_end' "
+                              f"({self.quiet_hours_start!r}); give the quiet hours a length, or "
+                              f"leave both empty")
 
 
 @dataclass(frozen=True)
@@ -132,6 +246,7 @@ class Config:
     live: LiveConfig = field(default_factory=LiveConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
 
@@ -211,7 +326,10 @@ def _build(cls: type, data: dict[str, Any], source: str, text: str, where: tuple
         else:
             values[name] = _check(dotted, value, hint, f.metadata,
                                   _at(source, text, where, name))
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as e:  # a check across keys (__post_init__): say which file
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def _check(key: str, value: Any, hint: Any, meta: Any, at: str) -> Any:
