@@ -96,11 +96,31 @@ class GpioConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    quiet_hours_start: str = _key("", "Quiet hours begin, \"HH:MM\" local time; empty: no quiet "
+                                      "hours. The box sleeps until quiet_hours_end.")
+    quiet_hours_end: str = _key("", "Quiet hours end, \"HH:MM\" local time (may be past midnight).")
+    daily_budget_minutes: int = _key(0, "Minutes of talk a day; 0 means no daily limit.",
+                                     lo=0, hi=1440)
+    max_conversation_minutes: int = _key(0, "Longest single conversation in minutes; 0: no limit.",
+                                         lo=0, hi=240)
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    url: str = _key("", "History server URL (https://...); empty: history stays on the box.")
+    token_file: str = _key("", "File holding the history server's token (written by 'talkie "
+                               "setup'); empty: no token.")
+
+
+@dataclass(frozen=True)
 class Config:
     child: ChildConfig = field(default_factory=ChildConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
     def replace(self, **sections: dict[str, Any]) -> Config:
         """A copy with keys of some sections changed: `cfg.replace(live={"simulator": True})`."""
