@@ -325,7 +325,9 @@ def request_from_args(args: argparse.Namespace) -> Request:
     if args.history_url is not None:
         settings.setdefault("sync", {})["url"] = args.history_url
     if args.live_base_url is not None:
-        settings["live"] = {"base_url": args.live_base_url}
+        settings.setdefault("live", {})["base_url"] = args.live_base_url
+    if args.live_ca_file is not None:
+        settings.setdefault("live", {})["ca_file"] = args.live_ca_file
     return Request(wifi_ssid=ssid, wifi_password=wifi_password, wifi_interface=args.wifi_interface,
                    country=country, api_key=api_key, check_key=args.check_key,
                    check_timeout_s=args.check_timeout, history_token=token, settings=settings)
@@ -465,6 +467,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="seconds --check-key waits (default 15)")
     p.add_argument("--live-base-url", help="Live API base URL to write to [live] base_url "
                                            "(a simulator); empty for Google's")
+    p.add_argument("--live-ca-file", metavar="PEM", help="certificate to trust for "
+                                                        "--live-base-url ([live] ca_file)")
     p.add_argument("--child-name")
     p.add_argument("--child-age", type=int)
     p.add_argument("--child-level", help="a few words on the child, e.g. 'early reader'")

@@ -370,3 +370,107 @@ def test_install_into_a_root_is_idempotent(tmp_path):
     assert load(tmp_path / "etc/talkie/config.toml")
     wants = tmp_path / "etc/systemd/system/multi-user.target.wants/talkie-firstboot.service"
     assert wants.is_symlink()  # points at /etc/... as seen from inside the root
+
+
+# --- --check-key against a real TLS WebSocket server on loopback ------------------------------
+
+@pytest.fixture
+def live_server(tmp_path: Path):
+    """A loopback wss:// server that answers setup like the Live API (or not, per `mode`)."""
+    import asyncio
+    import datetime
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from websockets.asyncio.server import serve
+    from websockets.http11 import Response
+    from websockets.datastructures import Headers
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_pem = tmp_path / "live.pem"
+    key_pem = tmp_path / "live.key"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_pem, key_pem)
+    info: dict = {"mode": "ok", "keys": []}
+
+    def check_key(conn, request):
+        info["keys"].append(request.headers.get("x-goog-api-key"))
+        if request.headers.get("x-goog-api-key") != API_KEY:
+            return Response(403, "Forbidden", Headers(), b"API key not valid")
+        return None
+
+    async def handler(ws):
+        await ws.recv()  # the setup message
+        if info["mode"] == "silent":
+            await ws.wait_closed()  # never answers; the client gives up
+            return
+        await ws.send(json.dumps({"setupComplete": {}}))
+        try:
+            await ws.recv()
+        except Exception:
+            pass
+
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    async def main():
+        info["stop"] = asyncio.get_running_loop().create_future()
+        async with serve(handler, "127.0.0.1", 0, ssl=ctx, process_request=check_key) as server:
+            info["port"] = server.sockets[0].getsockname()[1]
+            started.set()
+            await info["stop"]
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    info["url"] = f"https://127.0.0.1:{info['port']}"
+    info["ca"] = str(cert_pem)
+    yield info
+    loop.call_soon_threadsafe(info["stop"].set_result, None)
+    thread.join(10)
+    loop.close()
+
+
+def test_check_key_waits_for_setup_complete_then_stores_the_key(sandbox, live_server):
+    done = talkie(sandbox, "setup", "--root", str(sandbox["root"]), "--yes", "--api-key-stdin",
+                  "--check-key", "--live-base-url", live_server["url"],
+                  "--live-ca-file", live_server["ca"], stdin=API_KEY + "\n")
+    assert done.returncode == 0, done.stderr
+    assert "The Live API accepted the key" in done.stdout
+    assert live_server["keys"] == [API_KEY]  # the key travelled in the header, not the output
+    assert API_KEY not in done.stdout + done.stderr
+    assert (sandbox["root"] / "etc/talkie/credentials/gemini-api-key").exists()
+
+
+def test_check_key_refused_or_silent_stores_nothing(sandbox, live_server):
+    other = "AIza" + "Q" * 35
+    done = talkie(sandbox, "setup", "--root", str(sandbox["root"]), "--yes", "--api-key-stdin",
+                  "--check-key", "--live-base-url", live_server["url"],
+                  "--live-ca-file", live_server["ca"], stdin=other + "\n")
+    assert done.returncode == 1
+    assert "API key was not stored" in done.stderr and "403" in done.stderr
+    assert other not in done.stdout + done.stderr
+    live_server["mode"] = "silent"
+    done = talkie(sandbox, "setup", "--root", str(sandbox["root"]), "--yes", "--api-key-stdin",
+                  "--check-key", "--check-timeout", "2", "--live-base-url", live_server["url"],
+                  "--live-ca-file", live_server["ca"], stdin=API_KEY + "\n")
+    assert done.returncode == 1 and "no setupComplete" in done.stderr
+    assert not (sandbox["root"] / "etc/talkie/credentials/gemini-api-key").exists()
