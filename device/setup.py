@@ -284,7 +284,7 @@ def request_from_args(args: argparse.Namespace) -> Request:
             child[key] = value
 
     if interactive:
-        print("Talkie setup. Press Enter to keep what is in brackets.")
+        print("Talkie setup. Press Enter to skip a question and keep what is set now.")
         if not ssid:
             ssid = input("Wi-Fi name (empty: keep the current Wi-Fi): ").strip()
         if ssid and wifi_password is None:

@@ -474,3 +474,50 @@ def test_check_key_refused_or_silent_stores_nothing(sandbox, live_server):
                   "--live-ca-file", live_server["ca"], stdin=API_KEY + "\n")
     assert done.returncode == 1 and "no setupComplete" in done.stderr
     assert not (sandbox["root"] / "etc/talkie/credentials/gemini-api-key").exists()
+
+
+def test_interactive_setup_on_a_terminal_never_shows_the_secrets(sandbox):
+    """A parent at a terminal: typed names echo, the password and the key do not."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its controlling terminal, as over SSH
+        os.chdir(REPO)
+        os.execve(sys.executable, [sys.executable, "-m", "device.setup", "setup",
+                                   "--root", str(sandbox["root"])], sandbox["env"])
+    seen = b""
+
+    def expect(text: bytes, answer: str) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 30
+        while text not in seen:
+            assert time.monotonic() < deadline, f"no prompt {text!r}; got {seen[-300:]!r}"
+            if select.select([fd], [], [], 1)[0]:
+                seen += os.read(fd, 4096)
+        seen = seen.replace(text, b"<" + text + b">", 1)
+        os.write(fd, answer.encode() + b"\r")
+
+    expect(b"Wi-Fi name", "Home")
+    expect(b"Wi-Fi password", WIFI_PASSWORD)
+    expect(b"Wi-Fi country", "GB")
+    expect(b"Gemini API key", API_KEY)
+    expect(b"first name", "Mia")
+    expect(b"age", "6")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            chunk = os.read(fd, 4096) if select.select([fd], [], [], 1)[0] else b""
+        except OSError:  # the child closed the terminal
+            break
+        seen += chunk
+        if b"Done." in seen or time.monotonic() > deadline:
+            break
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
+    assert b"Mia" in seen  # input() echoes
+    assert WIFI_PASSWORD.encode() not in seen and API_KEY.encode() not in seen
+    assert load(sandbox["root"] / "etc/talkie/config.toml").child.name == "Mia"
+    assert (sandbox["root"] / "etc/talkie/credentials/gemini-api-key").read_text().strip() == API_KEY
