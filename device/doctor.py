@@ -89,11 +89,13 @@ def check_credential(box: Box) -> str:
         raise Failed(f"{path} is mode {stat.S_IMODE(st.st_mode):04o}: others can read the key",
                      f"sudo chmod 600 {path}")
     if st.st_uid != 0:
-        raise Failed(f"{path} is owned by uid {st.st_uid}, not root", f"sudo chown root:root {path}")
+        raise Failed(f"{path} is owned by uid {st.st_uid}, not root",
+                     f"sudo chown root:root {path}")
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as e:
-        raise Failed(f"{path} cannot be read ({e.strerror})", "run talkie doctor with sudo") from None
+        raise Failed(f"{path} cannot be read ({e.strerror})",
+                     "run talkie doctor with sudo") from None
     if not (text.startswith("AIza") and len(text) == 39):
         raise Failed(f"{path} does not hold a Gemini API key (wrong shape)", fix_store)
     return f"API key stored, mode {stat.S_IMODE(st.st_mode):04o}, owner root"

@@ -210,7 +210,8 @@ def apply(req: Request, paths: Paths, say: Any = print) -> Config:
     """Carry out a setup request in a safe order; the config is written last."""
     settings = {s: dict(k) for s, k in req.settings.items()}
     if req.history_token is not None:
-        settings.setdefault("sync", {})["token_file"] = store_history_token(paths, req.history_token)
+        token_file = store_history_token(paths, req.history_token)
+        settings.setdefault("sync", {})["token_file"] = token_file
         say(f"History server token stored in {Paths.HISTORY_TOKEN} (mode 0640)")
     # Check the settings before touching the network, so a typo fails in a second.
     merged_config(paths, settings)
@@ -251,7 +252,8 @@ def _read_secret_file(path: str, what: str) -> str:
         with open(path, encoding="utf-8") as f:
             return f.read().rstrip("\r\n")
     except OSError as e:
-        raise SetupError(f"cannot read the {what} file {path} ({e.strerror}); check the path") from None
+        raise SetupError(f"cannot read the {what} file {path} ({e.strerror}); "
+                         f"check the path") from None
 
 
 def request_from_args(args: argparse.Namespace) -> Request:

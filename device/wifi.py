@@ -98,8 +98,8 @@ class NetworkManager:
             done = subprocess.run([self.nmcli, *args], capture_output=True, text=True,
                                   timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
-            raise WifiError(f"nmcli {args[0]} did not answer in {timeout:g} s; is "
-                            f"NetworkManager running? ('systemctl status NetworkManager')") from None
+            raise WifiError(f"nmcli {args[0]} did not answer in {timeout:g} s; is NetworkManager "
+                            f"running? ('systemctl status NetworkManager')") from None
         if done.returncode == NMCLI_NOT_RUNNING:
             raise WifiError("NetworkManager is not running; start it with "
                             "'sudo systemctl enable --now NetworkManager'")

@@ -297,11 +297,11 @@ def test_doctor_reports_each_failure_with_its_fix(sandbox):
                   module="device.doctor")
     assert done.returncode == 1
     lines = done.stdout.splitlines()
-    config_line = next(i for i, l in enumerate(lines) if l.startswith("✗ config"))
+    config_line = next(i for i, line in enumerate(lines) if line.startswith("✗ config"))
     assert "child.age" in lines[config_line] and lines[config_line + 1].startswith("  fix:")
-    cred_line = next(i for i, l in enumerate(lines) if l.startswith("✗ credential"))
+    cred_line = next(i for i, line in enumerate(lines) if line.startswith("✗ credential"))
     assert "no API key" in lines[cred_line] and "talkie setup" in lines[cred_line + 1]
-    assert any(l.startswith("✓ disk") for l in lines)
+    assert any(line.startswith("✓ disk") for line in lines)
 
     nomic = sb["tmp"] / "nomic-root"
     (nomic / "etc/talkie/credentials").mkdir(parents=True)
@@ -351,7 +351,8 @@ def test_install_dry_run_prints_every_action_and_changes_nothing(tmp_path):
     done = subprocess.run(["bash", str(REPO / "provisioning/install.sh"), "--dry-run"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    for action in ("apt-get install", "libportaudio2", "useradd --system", "usermod -a -G audio,gpio",
+    for action in ("apt-get install", "libportaudio2", "useradd --system",
+                   "usermod -a -G audio,gpio",
                    "install -d -m 0700 /etc/talkie/credentials", "venv --system-site-packages",
                    "systemctl enable"):
         assert action in done.stdout
@@ -520,4 +521,5 @@ def test_interactive_setup_on_a_terminal_never_shows_the_secrets(sandbox):
     assert b"Mia" in seen  # input() echoes
     assert WIFI_PASSWORD.encode() not in seen and API_KEY.encode() not in seen
     assert load(sandbox["root"] / "etc/talkie/config.toml").child.name == "Mia"
-    assert (sandbox["root"] / "etc/talkie/credentials/gemini-api-key").read_text().strip() == API_KEY
+    cred = sandbox["root"] / "etc/talkie/credentials/gemini-api-key"
+    assert cred.read_text().strip() == API_KEY
