@@ -85,6 +85,9 @@ def check_credential(box: Box) -> str:
         st = path.stat()
     except FileNotFoundError:
         raise Failed(f"no API key at {path}", fix_store) from None
+    except PermissionError:
+        raise Failed(f"{path.parent} is not readable by this user (it is root-only, as it "
+                     f"should be)", "run: sudo talkie doctor") from None
     if st.st_mode & 0o077:
         raise Failed(f"{path} is mode {stat.S_IMODE(st.st_mode):04o}: others can read the key",
                      f"sudo chmod 600 {path}")

@@ -203,10 +203,14 @@ def connect(nm: NetworkManager, ssid: str, password: Secret | None, interface: s
                             f"router's connection")
     except WifiError as e:
         nm.delete(uuid)
-        if previous:
+        if not previous:
+            raise
+        try:
             nm.up(previous.uuid, None)
-            raise type(e)(f"{e}. Kept the previous Wi-Fi '{previous.name}'") from None
-        raise
+        except WifiError as back:
+            raise type(e)(f"{e}. The previous Wi-Fi '{previous.name}' did not come back "
+                          f"either ({back}); NetworkManager retries it on its own") from None
+        raise type(e)(f"{e}. Kept the previous Wi-Fi '{previous.name}'") from None
     # Success: the old talkie profiles for this network go, the new one takes the plain name.
     for old in older:
         nm.delete(old)
