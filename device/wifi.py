@@ -170,7 +170,8 @@ class NetworkManager:
 def set_country(code: str, root: Path) -> str:
     """Set the Wi-Fi regulatory country now and for later boots. A sentence saying how."""
     code = check_country(code)
-    raspi = shutil.which("raspi-config")
+    # Under a sandbox root, raspi-config would change the running machine: write files instead.
+    raspi = shutil.which("raspi-config") if root == Path("/") else None
     if raspi:
         # Raspberry Pi OS: persists it (cfg80211 option + wpa_supplicant) and sets it now.
         subprocess.run([raspi, "nonint", "do_wifi_country", code], capture_output=True,
@@ -183,6 +184,10 @@ def set_country(code: str, root: Path) -> str:
     iw = shutil.which("iw")
     if iw:
         subprocess.run([iw, "reg", "set", code], capture_output=True, timeout=20, check=False)
+    rfkill = shutil.which("rfkill")
+    if rfkill:
+        # Raspberry Pi OS images keep Wi-Fi soft-blocked until a country is set.
+        subprocess.run([rfkill, "unblock", "wifi"], capture_output=True, timeout=20, check=False)
     return f"Wi-Fi country {code} set ({'iw reg set, ' if iw else ''}{conf.name} for next boots)"
 
 

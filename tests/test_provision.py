@@ -94,14 +94,14 @@ print(f"Error: unexpected call {args}", file=sys.stderr)
 sys.exit(2)
 '''
 
-FAKE_IW = '#!/bin/sh\necho "$@" >> "$FAKE_NM_STATE.iw"\n'
+FAKE_IW = '#!/bin/sh\necho "$(basename "$0") $*" >> "$FAKE_NM_STATE.iw"\n'
 
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> dict:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("nmcli", FAKE_NMCLI), ("iw", FAKE_IW)):
+    for name, text in (("nmcli", FAKE_NMCLI), ("iw", FAKE_IW), ("rfkill", FAKE_IW)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     state = tmp_path / "nm.json"
@@ -162,7 +162,8 @@ def test_setup_writes_every_file_with_its_mode_and_no_secret_leaks(sandbox):
         assert cred.stat().st_uid == 0 and cred.stat().st_gid == 0
     country = root / "etc/modprobe.d/talkie-wifi-country.conf"
     assert "ieee80211_regdom=GB" in country.read_text()
-    assert Path(str(sb["state"]) + ".iw").read_text().split() == ["reg", "set", "GB"]
+    assert Path(str(sb["state"]) + ".iw").read_text().splitlines() == \
+        ["iw reg set GB", "rfkill unblock wifi"]
 
     cfg = load(config)
     assert (cfg.child.name, cfg.child.age, cfg.child.level, cfg.child.language) == \
@@ -523,3 +524,16 @@ def test_interactive_setup_on_a_terminal_never_shows_the_secrets(sandbox):
     assert load(sandbox["root"] / "etc/talkie/config.toml").child.name == "Mia"
     cred = sandbox["root"] / "etc/talkie/credentials/gemini-api-key"
     assert cred.read_text().strip() == API_KEY
+
+
+def test_firstboot_unit_passes_systemd_analyze_verify(tmp_path):
+    unit = (REPO / "systemd/talkie-firstboot.service").read_text()
+    assert "ConditionPathExists=|/boot/firmware/talkie-setup.toml" in unit
+    assert "Before=talkie.service" in unit
+    # verify checks that ExecStart exists: point it at this Python instead of /opt/talkie's.
+    copy = tmp_path / "talkie-firstboot.service"
+    copy.write_text(unit.replace("/opt/talkie/bin/python", sys.executable))
+    done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
+                          text=True, timeout=60)
+    problems = [line for line in done.stderr.splitlines() if "talkie-firstboot" in line]
+    assert done.returncode == 0 and not problems, done.stderr
