@@ -425,19 +425,32 @@ def firstboot(boot_dirs: tuple[Path, ...], paths: Paths, say: Any = print) -> in
     except (TalkieError, OSError) as e:
         message = str(e) if isinstance(e, TalkieError) else f"{e.__class__.__name__}: {e.strerror}"
         remove_file(source)
-        atomic_write(error_file,
-                     "Talkie could not finish its setup from talkie-setup.toml.\r\n\r\n"
-                     f"What went wrong: {message}\r\n\r\n"
-                     "The file was deleted anyway, because it held passwords. Write a "
-                     "corrected talkie-setup.toml onto this card and start the box again.\r\n",
-                     mode=0o644)
         say(f"first-boot setup failed: {message}")
+        _write_note(error_file,
+                    "Talkie could not finish its setup from talkie-setup.toml.\r\n\r\n"
+                    f"What went wrong: {message}\r\n\r\n"
+                    "The file was deleted anyway, because it held passwords. Write a "
+                    "corrected talkie-setup.toml onto this card and start the box again.\r\n",
+                    say)
         return 1
     remove_file(source)
     if error_file.exists():
         error_file.unlink()
     say(f"first-boot setup applied; {source} removed")
     return 0
+
+
+def _write_note(path: Path, text: str, say: Any) -> None:
+    """Write-then-rename without chmod: the boot partition is FAT, which has no modes."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        say(f"could not write {path} ({e.strerror}); the reason is in this log only")
 
 
 def cmd_firstboot(args: argparse.Namespace) -> int:
