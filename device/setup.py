@@ -210,11 +210,12 @@ def apply(req: Request, paths: Paths, say: Any = print) -> Config:
     """Carry out a setup request in a safe order; the config is written last."""
     settings = {s: dict(k) for s, k in req.settings.items()}
     if req.history_token is not None:
-        token_file = store_history_token(paths, req.history_token)
-        settings.setdefault("sync", {})["token_file"] = token_file
-        say(f"History server token stored in {Paths.HISTORY_TOKEN} (mode 0640)")
-    # Check the settings before touching the network, so a typo fails in a second.
+        settings.setdefault("sync", {})["token_file"] = Paths.HISTORY_TOKEN
+    # Check the settings before touching anything, so a typo fails in a second.
     merged_config(paths, settings)
+    if req.history_token is not None:
+        store_history_token(paths, req.history_token)
+        say(f"History server token stored in {Paths.HISTORY_TOKEN} (mode 0640)")
 
     if req.country:
         from device.wifi import set_country
