@@ -537,3 +537,19 @@ def test_firstboot_unit_passes_systemd_analyze_verify(tmp_path):
                           text=True, timeout=60)
     problems = [line for line in done.stderr.splitlines() if "talkie-firstboot" in line]
     assert done.returncode == 0 and not problems, done.stderr
+
+
+def test_doctor_live_check_passes_against_a_live_protocol_server(sandbox, live_server):
+    root = sandbox["tmp"] / "good-root"
+    (root / "etc/talkie/credentials").mkdir(parents=True)
+    (root / "etc/talkie/config.toml").write_text(
+        f'[live]\nbase_url = "{live_server["url"]}"\nca_file = "{live_server["ca"]}"\n')
+    cred = root / "etc/talkie/credentials/gemini-api-key"
+    cred.write_text(API_KEY + "\n")
+    cred.chmod(0o600)
+    done = talkie(sandbox, "doctor", "--root", str(root), "--skip",
+                  "credential,audio-input,audio-output,gpio,network,clock,disk,service",
+                  module="device.doctor")
+    assert done.returncode == 0, done.stdout
+    assert "✓ live-api" in done.stdout and "setupComplete after" in done.stdout
+    assert live_server["keys"] == [API_KEY] and API_KEY not in done.stdout
