@@ -10,7 +10,7 @@ DEMO_APT := python3-venv
 # The tests drive real PortAudio through a private PulseAudio server, real speech from espeak-ng,
 # and build systemd-python.
 TEST_APT := python3-venv libportaudio2 espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins \
-	libsystemd-dev pkg-config gcc python3-dev systemd chromium postgresql
+	libsystemd-dev pkg-config gcc python3-dev systemd chromium postgresql shellcheck
 
 .PHONY: demo test bench soak clean
 
