@@ -137,6 +137,21 @@ def gate_flags(mic: np.ndarray, out: np.ndarray, gate: str, vad: webrtcvad.Vad,
                      for i in range(n)], dtype=bool)
 
 
+def gate_triggers(mic: np.ndarray, out: np.ndarray, far: np.ndarray, gate: str,
+                  vad: webrtcvad.Vad, det: BargeInDetector, run_frames: int) -> list[int]:
+    """Frame indices where a barge-in fires. 'vad', 'ratio': runs of `run_frames` flagged
+    frames; 'det': the full BargeInDetector, fed the far-end reference too."""
+    if gate != "det":
+        return triggers(gate_flags(mic, out, gate, vad, det), run_frames)
+    d = BargeInDetector(aggressiveness=det.aggressiveness, trigger_ms=det.trigger_ms,
+                        max_suppression_db=det.max_suppression_db)
+    m16, f16 = to_int16(mic), to_int16(far)
+    return [i for i in range(len(out) // FRAME)
+            if d.feed(m16[i * FRAME:(i + 1) * FRAME].tobytes(),
+                      out[i * FRAME:(i + 1) * FRAME].tobytes(),
+                      f16[i * FRAME:(i + 1) * FRAME].tobytes())]
+
+
 def triggers(flags: np.ndarray, run_frames: int) -> list[int]:
     """Frame indices at which a run of `run_frames` consecutive speech frames completes."""
     out, run = [], 0
@@ -164,7 +179,8 @@ def main() -> int:
                     help="speech run that counts as barge-in")
     ap.add_argument("--suppression-db", type=float, default=d.max_suppression_db,
                     help="ratio gate: frames the canceller cut by more than this are echo")
-    ap.add_argument("--gates", default="vad,ratio")
+    ap.add_argument("--gates", default="vad,ratio,det")
+    ap.add_argument("--seed", type=int, default=7, help="picks sentences, paths, timings")
     args = ap.parse_args()
     names = args.engines.split(",")
     if any(n.startswith("webrtc") for n in names) and not webrtc_available():
@@ -175,7 +191,7 @@ def main() -> int:
                           max_suppression_db=args.suppression_db)
     gates = args.gates.split(",")
     say = tts_cache()
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(args.seed)
     paths = [EchoPath(delay_ms=d, rt60_s=r, seed=k)
              for k, (d, r) in enumerate([(20, 0.2), (40, 0.25), (60, 0.3), (80, 0.25)])]
     print(f"echo paths: delays {[p.delay_ms for p in paths]} ms, RT60 "
@@ -216,7 +232,7 @@ def main() -> int:
                 out = eng.run(mic, far)
                 tot += int(np.sum(ref))
                 for g in gates:
-                    got = gate_flags(mic, out, g, vad, det)
+                    got = gate_flags(mic, out, "ratio" if g == "det" else g, vad, det)
                     n = min(len(ref), len(got))
                     hit[g] += int(np.sum(ref[:n] & got[:n]))
             for g in gates:
@@ -232,8 +248,8 @@ def main() -> int:
             out = eng.run(mic, far)
             # skip the first 2 s: convergence happens once per wake, not per reply
             for g in gates:
-                fl = gate_flags(mic[2 * RATE:], out[2 * RATE:], g, vad, det)
-                false[g] += len(triggers(fl, run_frames))
+                hits = gate_triggers(mic, out, far, g, vad, det, run_frames)
+                false[g] += sum(1 for i in hits if i * FRAME >= 2 * RATE)
         for g in gates:
             res[g]["false_per_min"] = false[g] / minutes
 
@@ -252,7 +268,7 @@ def main() -> int:
             out = eng.run(mic, far)
             word = (at + onset) / RATE
             for g in gates:
-                hits = [i for i in triggers(gate_flags(mic, out, g, vad, det), run_frames)
+                hits = [i for i in gate_triggers(mic, out, far, g, vad, det, run_frames)
                         if (i + 1) * FRAME / RATE > word]
                 lats[g].append(((hits[0] + 1) * FRAME / RATE - word) * 1000 if hits
                                else float("inf"))
