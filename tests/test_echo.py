@@ -170,6 +170,16 @@ def test_far_end_idle_gap_reads_as_silence_and_old_audio_is_forgotten() -> None:
     assert buf.read_bytes(1600, T0 + 1.1 - 1 / RATE) is None
 
 
+def test_a_late_push_never_overwrites_newer_reference() -> None:
+    buf = FarEndBuffer(seconds=0.25)  # 4000 samples
+    buf.push(np.full(4000, 5, np.int16), T0 + 1.0)
+    buf.push(np.full(800, 9, np.int16), T0 + 1.0 - 0.05)  # 0.05 s older than the ring holds
+    assert (buf.read(4000, T0 + 1.0 + 3999 / RATE) == 5).all()
+    buf.push(np.full(1600, 9, np.int16), T0 + 1.0 - 0.05)  # half of it still fits
+    got = buf.read(4000, T0 + 1.0 + 3999 / RATE)
+    assert (got[:800] == 9).all() and (got[800:] == 5).all()
+
+
 @settings(max_examples=60, deadline=None)
 @given(chunks=st.lists(st.integers(1, 900), min_size=1, max_size=40),
        frame=st.sampled_from([160, 320, 480]), data=st.data())

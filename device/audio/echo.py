@@ -69,6 +69,15 @@ class FarEndBuffer:
             n = self._size
         start = round(t_dac * self.rate)
         with self._lock:
+            oldest = self._end - self._size
+            if start < oldest:
+                # a late push for a span the ring no longer holds: keep only what still fits,
+                # never overwrite newer samples that share its ring positions
+                if start + n <= oldest:
+                    return
+                x = x[oldest - start:]
+                n = len(x)
+                start = oldest
             if self._end and start > self._end:
                 # the speaker was idle in between: that stretch played silence
                 self._fill(self._end, min(start, self._end + self._size), None)
