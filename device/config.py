@@ -82,6 +82,14 @@ class AudioConfig:
     hangover_ms: int = _key(600, "Silence after speech before the turn is declared over.",
                             lo=100, hi=3000)
     min_speech_ms: int = _key(120, "Shorter sounds (clicks, bumps) are not speech.", lo=0, hi=2000)
+    barge_in: str = _key("button", "How the child interrupts the toy: 'button' (the mic is gated "
+                                   "while the toy speaks) or 'voice' (needs echo_canceller).",
+                         choices=("button", "voice"))
+    echo_canceller: str = _key("none", "Echo canceller between mic and VAD gate: 'none' or "
+                                       "'webrtc' (needs the talkie[aec] extra).",
+                               choices=("none", "webrtc"))
+    echo_delay_ms: int = _key(0, "Speaker-to-mic delay the timestamps do not cover, as a hint "
+                                 "to the echo canceller; 0 lets it find the delay.", lo=0, hi=500)
     volume: float = _key(0.8, "Speaker volume, 0.0 to 1.0.", lo=0.0, hi=1.0)
     max_volume: float = _key(1.0, "Parents' cap on the volume, 0.0 to 1.0.", lo=0.0, hi=1.0)
     vad_noise_guard_db: float = _key(4.0, "A frame counts as speech only this many dB above the "
