@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    from device.logs import setup_logging
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:
@@ -71,25 +71,114 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--api-key", help="API key for --live-url (default: the configured one)")
     sim.add_argument("--config", help="config file (default: built-in defaults)")
     sim.add_argument("--json", action="store_true", help="last stdout line: a JSON summary")
+    sim.add_argument("--fault", action="append", default=[], metavar="NAME",
+                     help="make the built-in simulator misbehave: NAME[@CONN|*][:TURN][+SECONDS],"
+                          " e.g. goaway, close-1011-mid-reply, tcp-drop@*:2, slow-setup+3; "
+                          "repeatable (see docs/faults.md)")
+    sim.add_argument("--events", metavar="FILE",
+                     help="a timed script of pin events (press, release, shake) instead of one "
+                          "press at start (see docs/wiring.md)")
+    sim.add_argument("--state-dir", metavar="DIR",
+                     help="keep history and the resumption handle here (default: a fresh "
+                          "temporary directory)")
     sim.set_defaults(func=cmd_simulate)
 
     demo = sub.add_parser("demo", help="a short spoken demo: no Pi and no API key needed")
     demo.set_defaults(func=cmd_demo)
+
+    from device import doctor, setup, status_cli
+    from device.audio import commands as audio_commands
+    from device.history import cli as history_cli
+    for module in (setup, doctor, status_cli, history_cli, audio_commands):
+        module.add_commands(sub)
     return parser
 
 
 # --- run -----------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import faulthandler
+    from device.logs import setup_logging
+
+    # journald under systemd, stderr otherwise; every secret read later is redacted from it
+    redactor = setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    faulthandler.enable()  # a hard crash still leaves a Python stack in the journal
     path = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None)
     cfg = load(path)
     api_key = None if cfg.live.simulator else require_api_key()
-    return asyncio.run(_run(cfg, api_key))
+    if api_key is not None:
+        redactor.add(api_key)
+    if cfg.sync.token:
+        redactor.add(Secret(cfg.sync.token))
+    return asyncio.run(_run(cfg, api_key, redactor))
 
 
-async def _run(cfg: Config, api_key: Secret | None) -> int:
-    async with _box(cfg, api_key) as daemon:
-        await daemon.run()
+async def _run(cfg: Config, api_key: Secret | None, redactor: Any) -> int:
+    """The daemon under systemd: READY once audio and pins are up, STATUS on every state,
+    watchdog pings while healthy, STOPPING and a clean exit on SIGTERM."""
+    import signal
+    from device.daemon import AudioFault
+    from device.history.sync import client_from_config
+    from device.live.session import LinkDown, LinkUp
+    from device.notify import Notifier, watchdog_task
+    from device.status import StatusFile, wifi_task
+
+    notifier = Notifier()
+    status = StatusFile(redact=redactor.redact,
+                        on_error=lambda e: log.warning("cannot write the status file: %s", e))
+    status.write()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    last_frame = [time.monotonic()]
+
+    def on_event(ev: Any) -> None:
+        match ev:
+            case LinkUp():
+                status.live_connected()
+            case LinkDown():
+                status.live_failed(ev.reason)
+            case AudioFault(error=str() as error):
+                status.add_error(error)
+
+    try:
+        async with _box(cfg, api_key, on_frame=lambda: last_frame.__setitem__(0, time.monotonic())
+                        ) as daemon:
+            limits = daemon.limits
+
+            def on_state(state: Any) -> None:
+                status.set_state(state)
+                notifier.status(f"{state}")
+                if not state.awake and limits is not None:
+                    status.set_budget_left(limits.budget_left())
+                if state in ("idle", "sleeping"):
+                    status.conversation_ended()
+
+            daemon.add_state_listener(on_state)
+            daemon.add_event_listener(on_event)
+            sync = client_from_config(daemon.history, cfg.sync)
+            notifier.ready("idle")
+            log.info("ready", extra={"TALKIE_EVENT": "ready"})
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(daemon.run(), name="daemon"),
+                    tg.create_task(watchdog_task(
+                        notifier, health=lambda: time.monotonic() - last_frame[0] < 10.0)),
+                    tg.create_task(wifi_task(status)),
+                    tg.create_task(daemon.history.run_retention()),
+                ]
+                if sync is not None:
+                    tasks.append(tg.create_task(sync.run(), name="sync"))
+                await stop.wait()
+                log.info("stopping", extra={"TALKIE_EVENT": "stopping"})
+                notifier.stopping()
+                await daemon.flush()  # the open conversation and its history, then the rest
+                for task in tasks:
+                    task.cancel()
+    finally:
+        status.remove()
+        notifier.close()
     return 0
 
 
@@ -99,6 +188,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     cfg = load(args.config)
     cfg = cfg.replace(audio={"backend": "files", "input": args.mic, "output": args.out},
                       gpio={"pin_factory": "mock"})
+    if args.fault and args.live_url:
+        raise ConfigError("--fault needs the built-in simulator; drop --live-url")
+    from device.live.simulator import FaultPlan
+    for spec in args.fault:
+        try:
+            FaultPlan.parse(spec)
+        except ValueError as e:
+            raise ConfigError(f"--fault: {e}") from None
+    steps = None
+    if args.events:
+        from device.gpio.script import load as load_script
+        steps = load_script(args.events)
     if args.live_url:
         cfg = cfg.replace(live={"base_url": args.live_url, "ca_file": args.ca_file or "",
                                 "simulator": False})
@@ -106,30 +207,53 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         cfg = cfg.replace(live={"simulator": True})
         api_key = None
-    summary = asyncio.run(_simulate(cfg, api_key, press_at_start=True, echo=not args.json))
+    with tempfile.TemporaryDirectory(prefix="talkie-sim-") as tmp:
+        state = Path(args.state_dir or tmp)
+        cfg = cfg.replace(history={"path": str(state / "history.db")})
+        summary = asyncio.run(_simulate(cfg, api_key, state=state, faults=tuple(args.fault),
+                                        steps=steps, echo=not args.json))
     if args.json:
         print(json.dumps(summary))
     return 0 if summary["ok"] else 1
 
 
-async def _simulate(cfg: Config, api_key: Secret | None, *, press_at_start: bool,
+async def _simulate(cfg: Config, api_key: Secret | None, *, state: Path,
+                    faults: tuple[str, ...] = (), steps: list[Any] | None = None,
                     echo: bool) -> dict[str, Any]:
     import wave
 
-    with contextlib.closing(wave.open(cfg.audio.input, "rb")) as w:
-        mic_seconds = w.getnframes() / w.getframerate()
+    try:
+        with contextlib.closing(wave.open(cfg.audio.input, "rb")) as w:
+            mic_seconds = w.getnframes() / w.getframerate()
+    except (OSError, EOFError, wave.Error) as e:
+        raise ConfigError(f"--mic {cfg.audio.input}: not a readable WAV file ({e}); "
+                          f"give a 16-bit PCM WAV") from None
     on_transcript = _print_turn if echo else None
-    async with _box(cfg, api_key, stop_when_mic_ends=True, on_transcript=on_transcript) as daemon:
-        if press_at_start:
+    async with _box(cfg, api_key, state=state, faults=faults, stop_when_mic_ends=True,
+                    on_transcript=on_transcript) as daemon:
+        script = None
+        if steps is None:
             _press(daemon)
+        else:
+            from device.gpio.script import play_on
+            script = asyncio.create_task(play_on(daemon.gpio, steps))
         try:
             # The WAV is played in real time; the last reply needs a little more.
-            async with asyncio.timeout(mic_seconds + 60):
+            async with asyncio.timeout(mic_seconds + 60 + sum(_fault_delays(faults))):
                 summary = await daemon.run()
         except TimeoutError:
             daemon.summary.errors.append("simulation timed out waiting for a reply")
             summary = daemon.summary
+        finally:
+            if script is not None:
+                script.cancel()
+                await asyncio.gather(script, return_exceptions=True)
     return summary.as_json()
+
+
+def _fault_delays(faults: tuple[str, ...]) -> list[float]:
+    from device.live.simulator import FaultPlan
+    return [FaultPlan.parse(f).delay_s for f in faults]
 
 
 def _print_turn(child: str, toy: str) -> None:
@@ -157,7 +281,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  (child says: \"{said}\")")
         cfg = Config().replace(audio={"backend": "files", "input": str(mic), "output": str(out)},
                                gpio={"pin_factory": "mock"}, live={"simulator": True})
-        summary = asyncio.run(_simulate(cfg, None, press_at_start=True, echo=True))
+        cfg = cfg.replace(history={"path": str(Path(tmp) / "history.db")})
+        summary = asyncio.run(_simulate(cfg, None, state=Path(tmp), echo=True))
         lat = summary["latency_ms"]["speech_end_to_sound"]
         print(f"Done: {summary['turns']} turn(s), {summary['reply_audio_s']:.1f} s of reply, "
               f"{summary['uploaded_audio_s']:.1f} of {summary['mic_audio_s']:.1f} s of mic "
@@ -205,28 +330,62 @@ def _pad_with_silence(path: Path, before_s: float, after_s: float) -> None:
 DEFAULT_CONFIG = Path("/etc/talkie/config.toml")
 
 
+def state_dir(cfg: Config) -> Path:
+    """Where the box keeps small state (resumption handle, today's budget): systemd's
+    StateDirectory, else next to the history database."""
+    import os
+    env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(env) if env else Path(cfg.history.path).parent
+
+
 @contextlib.asynccontextmanager
-async def _box(cfg: Config, api_key: Secret | None, **daemon_args: Any) -> AsyncIterator[Any]:
-    """Open everything the daemon needs (simulator, audio, pins) and close it all after."""
-    from device.audio import open_audio
+async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None,
+               faults: tuple[str, ...] = (), on_audio_state: Any = None,
+               **daemon_args: Any) -> AsyncIterator[Any]:
+    """Open everything the daemon needs (simulator, audio, pins, history) and close it after."""
+    from device.audio.factory import open_audio
     from device.audio.vad import VadGate
-    from device.buttons import ButtonEvents, pin_factory
-    from device.daemon import Daemon
+    from device.daemon import AudioFault, Daemon
+    from device.gpio.factory import Gpio
+    from device.history.store import HistoryStore
+    from device.limits import Limits
+    from device.live.continuity import HandleStore
 
     async with contextlib.AsyncExitStack() as stack:
         if cfg.live.simulator:
             from device.live.simulator import Simulator
-            sim = await stack.enter_async_context(Simulator())
+            sim = await stack.enter_async_context(Simulator(faults=faults))
             cfg = cfg.replace(live={"base_url": sim.base_url, "ca_file": str(sim.ca_file)})
         # google-genai takes most of a second to import: do it now, not on the first press.
         await asyncio.to_thread(__import__, "google.genai")
-        mic, speaker = open_audio(cfg.audio)
+        holder: list[Any] = []
+
+        def audio_state(state: str, error: Any) -> None:
+            if holder:
+                holder[0].post(AudioFault(None if state == "ok" else str(error)))
+            if on_audio_state is not None:
+                on_audio_state(state, error)
+
+        mic, speaker = open_audio(cfg.audio, on_state=audio_state)
         mic = await stack.enter_async_context(mic)
         speaker = await stack.enter_async_context(speaker)
-        factory = pin_factory(cfg.gpio)
-        buttons = ButtonEvents(cfg.gpio, factory)
-        stack.callback(buttons.close)
+        gpio = Gpio(cfg)
+        stack.callback(gpio.close)
+        where = state or state_dir(cfg)
+        await asyncio.to_thread(where.mkdir, parents=True, exist_ok=True)
+        history = await HistoryStore.open_config(cfg.history)
+        stack.push_async_callback(history.close)
         daemon = Daemon(cfg, api_key, mic=mic, speaker=speaker, gate=VadGate(cfg.audio),
-                        buttons=buttons, **daemon_args)
-        daemon.button_pin = buttons.button.pin
-        yield daemon
+                        buttons=gpio, history=history,
+                        limits=Limits.from_config(cfg, state_dir=where),
+                        handles=HandleStore(where / "resumption.json"), **daemon_args)
+        holder.append(daemon)
+        daemon.add_state_listener(lambda state: gpio.set_state(str(state)))
+        daemon.gpio = gpio
+        daemon.history = history
+        assert gpio.button is not None
+        daemon.button_pin = gpio.button.pin
+        try:
+            yield daemon
+        finally:
+            await daemon.flush()

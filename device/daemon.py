@@ -18,14 +18,20 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device.audio.backend import MIC_RATE, REPLY_RATE, Microphone, Speaker
 from device.config import Config, Secret
 from device.events import (ButtonEvent, GoAway, Interrupted, ReplyAudio, ResumptionHandle,
                            SpeechAudio, SpeechEnd, SpeechStart, Transcript, TurnComplete)
+from device.gpio.volume import VolumeChange
+from device.live.continuity import HandleStore, recap
 from device.live.session import LinkDown, LinkUp, LiveSession
 from device.states import State
+
+if TYPE_CHECKING:
+    from device.history.store import HistoryStore
+    from device.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,12 @@ ECHO_TAIL_S = 0.25
 @dataclass(frozen=True, slots=True)
 class _MicEnded:
     """The microphone source ended (a WAV file is done)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFault:
+    """The microphone or speaker failed (`error` set) or came back (`error` None)."""
+    error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +79,8 @@ class Summary:
     uploaded_audio_s: float = 0.0
     reply_audio_s: float = 0.0
     connections: int = 0
+    reconnects: int = 0
+    resumed: int = 0
     errors: list[str] = field(default_factory=list)
     speech_end_to_sound_ms: list[float] = field(default_factory=list)
     reply_byte_to_sound_ms: list[float] = field(default_factory=list)
@@ -80,6 +94,8 @@ class Summary:
             "uploaded_audio_s": round(self.uploaded_audio_s, 3),
             "reply_audio_s": round(self.reply_audio_s, 3),
             "connections": self.connections,
+            "reconnects": self.reconnects,
+            "resumed": self.resumed,
             "errors": self.errors,
             "latency_ms": {
                 "speech_end_to_sound": [round(v, 1) for v in self.speech_end_to_sound_ms],
@@ -92,40 +108,60 @@ class Daemon:
     """Talkie's behaviour, independent of where audio, buttons and the Live API come from."""
 
     def __init__(self, cfg: Config, api_key: Secret | None, *, mic: Microphone, speaker: Speaker,
-                 gate: Any, buttons: AsyncIterator[ButtonEvent] | None = None,
+                 gate: Any, buttons: AsyncIterator[ButtonEvent | VolumeChange] | None = None,
+                 limits: Limits | None = None, history: HistoryStore | None = None,
+                 handles: HandleStore | None = None,
                  stop_when_mic_ends: bool = False, quiet_timeout_s: float = 30.0,
                  on_state: Callable[[State], None] | None = None,
-                 on_transcript: Callable[[str, str], None] | None = None) -> None:
+                 on_transcript: Callable[[str, str], None] | None = None,
+                 on_status_request: Callable[[], str] | None = None,
+                 on_frame: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
         self._api_key = api_key
         self._mic = mic
         self._speaker = speaker
         self._gate = gate
         self._buttons = buttons
+        self._limits = self.limits = limits
+        self._on_frame = on_frame
+        self._history = history
+        self._handles = handles
+        self._on_status_request = on_status_request
+        self._conversation: asyncio.Task[str | None] | None = None  # its history id, once made
+        self._conversation_started = 0.0
+        self._conversation_uploaded_s = 0.0
+        self._audio_error: str | None = None
         self._stop_when_mic_ends = stop_when_mic_ends
         self._quiet_timeout_s = quiet_timeout_s
         self._state_listeners = [on_state] if on_state else []
+        self._event_listeners: list[Callable[[Any], None]] = []
         self._on_transcript = on_transcript
         self._bus: asyncio.Queue[Any] = asyncio.Queue()
         self.state = State.BOOTING
         self.summary = Summary()
         self._session: LiveSession | None = None
         self._session_task: asyncio.Task[None] | None = None
-        self._handle: str | None = None
+        self._resume_handle: str | None = handles.load() if handles is not None else None
         self._turn = Turn()
         self._in_speech = False
         self._awaiting_reply = False
         self._discard_reply = False
         self._mic_ended = False
+        self._button_speech = False
         self._last_activity = time.monotonic()
         self._done = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._writes: set[asyncio.Task[Any]] = set()
 
     # --- wiring ------------------------------------------------------------------------------
 
     def add_state_listener(self, listener: Callable[[State], None]) -> None:
         """Called with every new state (LEDs, sd_notify STATUS, the status file)."""
         self._state_listeners.append(listener)
+
+    def add_event_listener(self, listener: Callable[[Any], None]) -> None:
+        """Called with every event before the state machine sees it (status file, journald)."""
+        self._event_listeners.append(listener)
 
     def post(self, event: Any) -> None:
         """Hand an event to the state machine; safe from the loop's thread only."""
@@ -152,12 +188,15 @@ class Daemon:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._wait_writes()
         return self.summary
 
     # --- tasks -------------------------------------------------------------------------------
 
     async def _mic_task(self) -> None:
         async for frame in self._mic.frames():
+            if self._on_frame is not None:
+                self._on_frame()  # the watchdog's proof that audio still flows
             self.summary.mic_audio_s += len(frame.pcm) / (2 * MIC_RATE)
             for event in self._gate.process(frame):
                 self.post(event)
@@ -169,33 +208,92 @@ class Daemon:
             self.post(event)
 
     async def _quiet_timer(self) -> None:
+        """Once a second: the quiet timeout, the parents' limits, the end of quiet hours."""
         while True:
             await asyncio.sleep(1.0)
-            quiet = time.monotonic() - self._last_activity
+            now = time.monotonic()
+            quiet = now - self._last_activity
             if self.state is State.LISTENING and not self._in_speech \
                     and quiet > self._quiet_timeout_s:
                 self.post(_QuietTimeout())
+            if self._limits is None:
+                continue
+            if self.state.awake:
+                budget = self._limits.budget_left()
+                if self._limits.conversation_over(self._conversation_started, now):
+                    self.post(_LimitReached("the longest conversation allowed"))
+                elif budget is not None and budget - self._talk_so_far(now) <= 0:
+                    self.post(_LimitReached("today's talk time is used up"))
+            elif self.state is State.SLEEPING and self._limits.can_wake()[0]:
+                self.post(_WakeAllowed())
+
+    def _talk_so_far(self, now: float) -> float:
+        """Talk in this conversation not yet counted against the budget."""
+        if self.cfg.limits.budget_counts == "audio":
+            return self._conversation_uploaded_s
+        return now - self._conversation_started
+
+    def _count_talk(self) -> None:
+        if self._limits is None:
+            return
+        seconds = (self._conversation_uploaded_s if self.cfg.limits.budget_counts == "audio"
+                   else time.monotonic() - self._conversation_started)
+        self._limits.record_talk(seconds)
+
+    async def flush(self) -> None:
+        """End any conversation and wait for history writes (SIGTERM: lose nothing)."""
+        await self._end_conversation("shutting down", State.IDLE)
+        await self._wait_writes()
+
+    async def _wait_writes(self) -> None:
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=5.0)
 
     async def _handle_loop(self) -> None:
         while True:
             event = await self._bus.get()
             try:
+                for listener in self._event_listeners:
+                    listener(event)
                 await self._handle(event)
-            except Exception:  # noqa: BLE001 - one bad event must not take the box down
-                log.exception("internal error handling %s", type(event).__name__)
-                self.summary.errors.append(f"internal error on {type(event).__name__}")
-                self._speaker.play_earcon("error")
+            except Exception as e:  # noqa: BLE001 - one bad event must not take the box down
+                what = f"internal error on {type(event).__name__}: {type(e).__name__}"
+                if what not in self.summary.errors:  # once per kind: no flood, no earcon storm
+                    log.exception("%s", what)
+                    self.summary.errors.append(what)
+                    self._speaker.play_earcon("error")
 
     # --- the state machine -------------------------------------------------------------------
 
     async def _handle(self, ev: Any) -> None:  # noqa: C901 - one place owns every transition
         match ev:
             case ButtonEvent(kind="press" | "shake"):
-                await self._on_press()
+                await self._on_press(ev.kind)
+            case ButtonEvent(kind="release"):
+                if self.cfg.gpio.button_mode == "hold" and self._in_speech_by_button():
+                    # push-to-talk: letting go is the end of the child's turn
+                    self._in_speech = False
+                    self._end_of_speech(time.monotonic())
             case ButtonEvent(kind="long_press"):
                 if self.state.awake:
                     self._speaker.play_earcon("sleep")
                     await self._end_conversation("long press")
+            case ButtonEvent(kind="very_long_press"):
+                self._say_status()
+            case VolumeChange():
+                self._speaker.set_volume(ev.level)
+                if not self.state.awake or self.state is State.LISTENING:
+                    self._speaker.play_earcon("listening")  # hear the new level
+            case AudioFault(error=None):
+                if self._audio_error is not None:
+                    log.info("audio devices are back", extra={"TALKIE_EVENT": "audio_ok"})
+                    self._audio_error = None
+                    if self.state is State.ERROR:
+                        self._set_state(State.IDLE)
+            case AudioFault():
+                self._audio_error = ev.error
+                self.summary.errors.append(ev.error)
+                await self._end_conversation(ev.error, State.ERROR)
             case SpeechStart():
                 self._in_speech = True
                 self._last_activity = ev.t
@@ -204,14 +302,20 @@ class Daemon:
             case SpeechAudio():
                 if self._session is not None:
                     self._session.send_audio(ev.pcm)
-                    self.summary.uploaded_audio_s += len(ev.pcm) / (2 * MIC_RATE)
+                    seconds = len(ev.pcm) / (2 * MIC_RATE)
+                    self.summary.uploaded_audio_s += seconds
+                    self._conversation_uploaded_s += seconds
             case SpeechEnd():
                 self._in_speech = False
                 self._last_activity = ev.t
-                if self._session is not None:
+                if self._button_speech:
+                    pass  # push-to-talk: the release ends the turn, not a pause
+                elif self._session is not None:
                     self._end_of_speech(ev.t)
             case LinkUp():
                 self.summary.connections += 1
+                if self.summary.connections > 1 and ev.resumed:
+                    self.summary.resumed += 1
                 if self.state is State.CONNECTING or self.state is State.OFFLINE:
                     self._set_state(State.THINKING if self._awaiting_reply else State.LISTENING)
                     if not self._awaiting_reply:
@@ -222,10 +326,13 @@ class Daemon:
                 await self._end_conversation(ev.reason,
                                              State.ERROR if ev.permanent else State.OFFLINE)
             case LinkDown():
+                self.summary.reconnects += 1
                 if self.state.awake and not self._awaiting_reply:
                     self._set_state(State.CONNECTING)
             case ResumptionHandle():
-                self._handle = ev.handle
+                self._resume_handle = ev.handle
+                if self._handles is not None:
+                    self._spawn(asyncio.to_thread(self._handles.save, ev.handle), write=True)
             case GoAway():
                 pass
             case ReplyAudio():
@@ -253,17 +360,58 @@ class Daemon:
                 if self.state is State.LISTENING:
                     self._speaker.play_earcon("sleep")
                     await self._end_conversation("quiet")
+            case _LimitReached(why=why):
+                if self.state.awake:
+                    self._speaker.play_earcon("sleep")
+                    await self._end_conversation(why)
+            case _WakeAllowed():
+                if self.state is State.SLEEPING:
+                    self._set_state(State.IDLE)
 
-    async def _on_press(self) -> None:
+    async def _on_press(self, how: str = "press") -> None:
         self._last_activity = time.monotonic()
         if self.state.awake:
-            if self.state in (State.SPEAKING, State.THINKING):
+            if self.state in (State.SPEAKING, State.THINKING) and how == "press":
                 self._barge_in()
+            if self.cfg.gpio.button_mode == "hold" and how == "press":
+                self._button_speech = True
             return
-        log.info("wake", extra={"TALKIE_EVENT": "wake"})
+        if self._audio_error is not None:
+            # the child pressed: tell them (the LED already shows error) rather than stay silent
+            self._speaker.play_earcon("error")
+            return
+        if self._limits is not None:
+            allowed, why = self._limits.can_wake()
+            if not allowed:
+                log.info("not waking: %s", why.replace("_", " "),
+                         extra={"TALKIE_EVENT": "wake_refused"})
+                self._speaker.play_earcon("sleep")
+                self._set_state(State.SLEEPING)
+                return
+        log.info("wake (%s)", how, extra={"TALKIE_EVENT": "wake"})
         self._speaker.play_earcon("wake")
-        self._start_conversation()
+        self._button_speech = self.cfg.gpio.button_mode == "hold" and how == "press"
+        await self._start_conversation()
         self._set_state(State.CONNECTING)
+
+    def _in_speech_by_button(self) -> bool:
+        held, self._button_speech = self._button_speech, False
+        return held and self._session is not None
+
+    def _say_status(self) -> None:
+        """Very long press: the box says how it is (Wi-Fi, address), for a parent."""
+        text = self._on_status_request() if self._on_status_request else ""
+        log.info("status asked for on the button: %s", text or "(no status source)",
+                 extra={"TALKIE_EVENT": "status_spoken"})
+        self._spawn(self._speak_text(text))
+
+    async def _speak_text(self, text: str) -> None:
+        from device.speech import synthesize
+        pcm = await asyncio.to_thread(synthesize, text, REPLY_RATE) if text else None
+        if pcm:
+            self._speaker.write(pcm)
+        else:
+            self._speaker.play_earcon("listening" if self._audio_error is None else "error")
 
     def _barge_in(self) -> None:
         """The button always interrupts: silence now, drop the rest of this reply, listen."""
@@ -317,6 +465,8 @@ class Daemon:
         log.info("turn %d complete (%.2f s of reply%s)", self.summary.turns,
                  turn.reply_bytes / (2 * REPLY_RATE), ", interrupted" if turn.interrupted else "",
                  extra={"TALKIE_EVENT": "turn"})
+        if self._history is not None and self._conversation is not None:
+            self._spawn(self._save_turn(self._conversation, turn), write=True)
         self._spawn(self._after_playback(self.summary.turns))
 
     async def _after_playback(self, turn: int) -> None:
@@ -338,22 +488,91 @@ class Daemon:
 
     # --- conversations -----------------------------------------------------------------------
 
-    def _start_conversation(self) -> None:
+    async def _start_conversation(self) -> None:
         self._gate_mute(False)
         self._awaiting_reply = False
         self._discard_reply = False
-        self._session = LiveSession(self.cfg, self._api_key, self.post, handle=self._handle)
+        self._conversation_started = time.monotonic()
+        self._conversation_uploaded_s = 0.0
+        handle = self._resume_handle
+        if handle is None and self._handles is not None:
+            handle = self._handles.load()  # expired while idle: start afresh, with a recap
+        summary = "" if handle else await self._recap()
+        self._session = LiveSession(self.cfg, self._api_key, self.post, handle=handle,
+                                    recap=summary)
         self._session_task = self._spawn(self._session.run())
+        if self._history is not None:
+            self._conversation = self._spawn(self._open_history_conversation(), write=True)
+
+    async def _recap(self) -> str:
+        if self._history is None:
+            return ""
+        from device.history.store import HistoryError
+        try:
+            messages = await self._history.recent_turns(6)
+        except HistoryError:
+            return ""
+        turns: list[tuple[str, str]] = []
+        for m in messages:
+            if m.sender == "user":
+                turns.append((m.content, ""))
+            elif turns and not turns[-1][1]:
+                turns[-1] = (turns[-1][0], m.content)
+        return recap(turns)
+
+    async def _open_history_conversation(self) -> str | None:
+        from device.history.store import HistoryError
+        assert self._history is not None
+        try:
+            return await self._history.start_conversation(
+                metadata={"child": self.cfg.child.name, "model": self.cfg.live.model})
+        except HistoryError:
+            return None  # logged by the store; the toy keeps talking
+
+    async def _save_turn(self, conversation: asyncio.Task[str | None], turn: Turn) -> None:
+        from device.history.store import HistoryError
+        assert self._history is not None
+        cid = await conversation
+        if cid is None:
+            self.summary.errors.append("a turn could not be saved to history")
+            return
+        timings = {k: v for k, v in {
+            "speech_end_to_reply_ms": _ms(turn.speech_end_t, turn.first_reply_t),
+            "speech_end_to_sound_ms": _ms(turn.speech_end_t, turn.first_sound_t),
+            "reply_s": turn.reply_bytes / (2 * REPLY_RATE)}.items() if v is not None}
+        try:
+            await self._history.add_turn(cid, turn.child_text.strip(), turn.toy_text.strip(),
+                                         timings, turn.usage)
+        except HistoryError:
+            self.summary.errors.append("a turn could not be saved to history")
+
+    async def _close_history_conversation(self, conversation: asyncio.Task[str | None]) -> None:
+        from device.history.store import HistoryError
+        assert self._history is not None
+        cid = await conversation
+        if cid is None:
+            return
+        try:
+            await self._history.end_conversation(cid)
+        except HistoryError:
+            pass
 
     async def _end_conversation(self, why: str, then: State = State.IDLE) -> None:
         session, task = self._session, self._session_task
         self._session = self._session_task = None
         if session is not None:
-            self._handle = session.handle or self._handle
+            self._resume_handle = session.handle or self._resume_handle
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             log.info("conversation ended (%s)", why, extra={"TALKIE_EVENT": "conversation_end"})
+            self._count_talk()
+        conversation, self._conversation = self._conversation, None
+        if conversation is not None:
+            # finished in the background, but `flush()` waits for it before exit
+            self._spawn(self._close_history_conversation(conversation), write=True)
+        if then is State.IDLE and self._limits is not None and not self._limits.can_wake()[0]:
+            then = State.SLEEPING
         self._awaiting_reply = self._in_speech = False
         self._gate_mute(False)
         self._set_state(then)
@@ -386,16 +605,33 @@ class Daemon:
             except Exception:  # noqa: BLE001 - an LED failing must not stop the toy
                 log.exception("state listener failed")
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Any, *, write: bool = False) -> asyncio.Task[Any]:
+        """A background task; `write` ones (history) are waited for at exit, never cancelled."""
+        tasks = self._writes if write else self._tasks
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
         return task
 
 
 @dataclass(frozen=True, slots=True)
 class _QuietTimeout:
     """Nobody talked for the quiet timeout while the toy was listening."""
+
+
+@dataclass(frozen=True, slots=True)
+class _LimitReached:
+    """A parents' limit ends this conversation."""
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class _WakeAllowed:
+    """Quiet hours are over (or a new day brought a new budget)."""
+
+
+def _ms(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round((end - start) * 1000, 1)
 
 
 class _Finished(Exception):

@@ -184,10 +184,10 @@ def check_gpio(box: Box) -> str:
     from gpiozero import LED, Button
     from gpiozero.exc import GPIOPinInUse
 
-    from device.buttons import pin_factory  # the daemon's own choice of factory
+    from device.gpio.factory import make_pin_factory  # the daemon's own choice
 
     g = box.config().gpio
-    factory = pin_factory(g)
+    factory = make_pin_factory(g)
     devices = []
     try:
         devices.append(Button(g.button_pin, pin_factory=factory))

@@ -82,6 +82,7 @@ def pulse_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "load-module module-null-source source_name=mic rate=48000 channels=1\n"
         "set-default-sink spk\nset-default-source mic\n")
     env = dict(os.environ, HOME=str(root), XDG_RUNTIME_DIR=str(root), PULSE_SERVER=f"unix:{sock}",
+               PULSE_RUNTIME_PATH=str(root / "rt"),
                XDG_CONFIG_HOME=str(root), PYTHONPATH=str(ROOT))
     log = open(root / "pulseaudio.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(

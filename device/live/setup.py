@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from device.config import Config, Secret
+from device.profile import language_code
 
 if TYPE_CHECKING:
     from google.genai import types as genai_types
@@ -19,20 +20,13 @@ COMPRESSION_TRIGGER_TOKENS = 25_600
 
 
 def system_instruction(cfg: Config, recap: str = "") -> str:
-    """The instruction that makes the model a warm, safe companion for this child."""
-    child = cfg.child
-    about = f" About {child.name}: {child.level.strip()}." if child.level.strip() else ""
-    text = (
-        f"You are Talkie, a friendly talking toy. You are talking with {child.name}, "
-        f"who is {child.age} years old.{about} "
-        f"Speak warmly, in short, simple sentences a {child.age}-year-old understands, "
-        f"and keep each answer under about 20 seconds. Often end with a small question back. "
-        f"Stay on safe, kind, age-appropriate topics; if asked about something scary or unsafe, "
-        f"gently suggest asking a grown-up. Never ask for addresses, phone numbers, passwords "
-        f"or other personal details. If you did not understand, say so and ask again."
-    )
+    """The child's profile instruction, plus what was talked about last time."""
+    from device.profile import system_instruction as for_child
+
+    text = for_child(cfg.child)
     if recap:
-        text += f" Earlier you talked about: {recap}"
+        text += (" Earlier you talked about this (the child may come back to it): "
+                 + " ".join(recap.split())[:800])
     return text
 
 
@@ -46,7 +40,7 @@ def connect_config(cfg: Config, *, handle: str | None = None,
         speech_config=types.SpeechConfig(
             voice_config=types.VoiceConfig(
                 prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=cfg.live.voice)),
-            language_code=cfg.child.language,
+            language_code=language_code(cfg.child),
         ),
         system_instruction=types.Content(
             parts=[types.Part(text=system_instruction(cfg, recap))], role="user"),
