@@ -58,6 +58,11 @@ class LiveConfig:
                                   "(demos and tests; needs no API key).")
     connect_timeout_s: float = _key(10.0, "Seconds to wait for the connection and setupComplete.",
                                     lo=1, hi=120)
+    reply_timeout_s: float = _key(20.0, "Seconds to wait for the first word of a reply (and between "
+                                        "its parts) before reconnecting and asking again.",
+                                  lo=1, hi=300)
+    max_connects_per_minute: int = _key(12, "Most Live API connections opened in any minute, so a "
+                                            "fault never becomes a retry storm.", lo=1, hi=600)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from device.events import (ButtonEvent, GoAway, Interrupted, ReplyAudio, Resumpt
                            SpeechAudio, SpeechEnd, SpeechStart, Transcript, TurnComplete)
 from device.gpio.volume import VolumeChange
 from device.live.continuity import HandleStore, recap
-from device.live.session import LinkDown, LinkUp, LiveSession
+from device.live.ratelimit import ConnectLimiter
+from device.live.session import HandleRefused, LinkDown, LinkUp, LiveSession
 from device.states import State
 
 if TYPE_CHECKING:
@@ -140,6 +141,8 @@ class Daemon:
         self.state = State.BOOTING
         self.summary = Summary()
         self._session: LiveSession | None = None
+        # One cap on connects for every conversation of this box (retries and goAway included).
+        self._connect_limiter = ConnectLimiter(cfg.live.max_connects_per_minute)
         self._session_task: asyncio.Task[None] | None = None
         self._resume_handle: str | None = handles.load() if handles is not None else None
         self._turn = Turn()
@@ -230,7 +233,8 @@ class Daemon:
     def _talk_so_far(self, now: float) -> float:
         """Talk in this conversation not yet counted against the budget."""
         if self.cfg.limits.budget_counts == "audio":
-            return self._conversation_uploaded_s
+            # what the sockets took (billed), not what the mic heard
+            return self._session.uploaded_s if self._session is not None else 0.0
         return now - self._conversation_started
 
     def _count_talk(self) -> None:
@@ -302,9 +306,6 @@ class Daemon:
             case SpeechAudio():
                 if self._session is not None:
                     self._session.send_audio(ev.pcm)
-                    seconds = len(ev.pcm) / (2 * MIC_RATE)
-                    self.summary.uploaded_audio_s += seconds
-                    self._conversation_uploaded_s += seconds
             case SpeechEnd():
                 self._in_speech = False
                 self._last_activity = ev.t
@@ -327,8 +328,14 @@ class Daemon:
                                              State.ERROR if ev.permanent else State.OFFLINE)
             case LinkDown():
                 self.summary.reconnects += 1
-                if self.state.awake and not self._awaiting_reply:
+                # Only a listening box shows it: a reply still playing (its gate muted) ends
+                # as usual, and a thinking one keeps waiting for the resent turn's answer.
+                if self.state is State.LISTENING and not self._awaiting_reply:
                     self._set_state(State.CONNECTING)
+            case HandleRefused():
+                self._resume_handle = None
+                if self._handles is not None:
+                    self._spawn(asyncio.to_thread(self._handles.save, None), write=True)
             case ResumptionHandle():
                 self._resume_handle = ev.handle
                 if self._handles is not None:
@@ -497,9 +504,11 @@ class Daemon:
         handle = self._resume_handle
         if handle is None and self._handles is not None:
             handle = self._handles.load()  # expired while idle: start afresh, with a recap
-        summary = "" if handle else await self._recap()
+        # Also made when resuming: should the server refuse the handle, the new conversation
+        # starts with it.
+        summary = await self._recap()
         self._session = LiveSession(self.cfg, self._api_key, self.post, handle=handle,
-                                    recap=summary)
+                                    recap=summary, limiter=self._connect_limiter)
         self._session_task = self._spawn(self._session.run())
         if self._history is not None:
             self._conversation = self._spawn(self._open_history_conversation(), write=True)
@@ -566,6 +575,10 @@ class Daemon:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             log.info("conversation ended (%s)", why, extra={"TALKIE_EVENT": "conversation_end"})
+        if session is not None:
+            self._conversation_uploaded_s = session.uploaded_s
+            self.summary.uploaded_audio_s += session.uploaded_s
+        if task is not None:
             self._count_talk()
         conversation, self._conversation = self._conversation, None
         if conversation is not None:

@@ -9,7 +9,12 @@ outages, and refuses bad setups with 1007/1008. `LiveSession.run()` rides throug
 - transient failures (1006, 1011, network, DNS, timeouts) are retried with capped, jittered
   exponential backoff; permanent ones (1007, 1008, HTTP 403/404: a bad key, model or URL) end
   the session at once with a single log line that names the cause and the fix;
-- a handle the server rejects is dropped and the conversation starts afresh.
+- a goAway is a planned switch: the next connection opens at once with the newest handle;
+- a turn whose answer never came whole (the link broke mid-reply, or the server stayed silent
+  for `reply_timeout_s`) is resent on the next connection, so the child gets an answer;
+- a handle the server rejects is dropped (HandleRefused) and the conversation starts afresh,
+  with the recap of earlier talks in its system instruction;
+- every connect passes a per-minute ConnectLimiter.
 
 One task sends, one loops `receive()` (which returns at every turnComplete). Everything the
 server says becomes a typed event from `device.events`, handed to `on_event`.
@@ -32,6 +37,7 @@ from device.config import Config, Secret
 from device.errors import LiveError
 from device.events import (GoAway, Interrupted, LiveEvent, ReplyAudio, ResumptionHandle,
                            Transcript, TurnComplete)
+from device.live.ratelimit import ConnectLimiter
 from device.live.setup import connect_config, make_client
 
 log = logging.getLogger(__name__)
@@ -59,7 +65,13 @@ class LinkDown:
     permanent: bool = False
 
 
-SessionEvent = LiveEvent | LinkUp | LinkDown
+@dataclass(frozen=True, slots=True)
+class HandleRefused:
+    """The server refused the resumption handle: forget it; a new conversation begins."""
+    handle: str
+
+
+SessionEvent = LiveEvent | LinkUp | LinkDown | HandleRefused
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,18 @@ class Backoff:
         return rng.uniform(0, min(self.cap_s, self.base_s * 2 ** attempt))
 
 
+#: The fix for a key the service refuses: what the parent runs on the box.
+KEY_FIX = "run `talkie setup --api-key-file FILE` with a valid Gemini API key"
+
+
+class ReplyTimeout(TimeoutError):
+    """The server took the child's turn but said nothing for `reply_timeout_s`."""
+
+
+def _is_bad_key(detail: str) -> bool:
+    return "api key" in detail.lower()
+
+
 def classify(exc: BaseException) -> tuple[bool, str]:
     """(permanent, a sentence naming the cause and the fix) for an error from the SDK."""
     from google.genai import errors as genai_errors
@@ -83,15 +107,16 @@ def classify(exc: BaseException) -> tuple[bool, str]:
     if isinstance(exc, genai_errors.APIError):
         code, detail = exc.code, (exc.details if isinstance(exc.details, str) else exc.message)
         detail = str(detail or "").strip() or "no reason given"
+        if code == 1007 and _is_bad_key(detail):
+            return True, f"the Live API refused the API key (1007: {detail}); {KEY_FIX}"
         if code == 1007:
-            return True, (f"the Live API refused the request (1007: {detail}); check [live] "
-                          f"model, voice and [child] language in the config")
+            return True, (f"the Live API refused the setup as invalid (1007: {detail}); check "
+                          f"[live] model and voice and [child] language in the config")
         if code == 1008:
             return True, (f"the Live API refused the model or operation (1008: {detail}); set "
                           f"[live] model to a Live model your key may use")
         if code in (401, 403):
-            return True, (f"the Live API refused the API key ({code}: {detail}); store a valid "
-                          f"key with 'talkie setup'")
+            return True, f"the Live API refused the API key ({code}: {detail}); {KEY_FIX}"
         if code == 429:
             return False, f"the Live API is rate-limiting this key (429: {detail}); retrying later"
         return False, f"the Live API connection closed ({code}: {detail})"
@@ -99,16 +124,19 @@ def classify(exc: BaseException) -> tuple[bool, str]:
         status = exc.response.status_code
         if status in (401, 403):
             return True, (f"the Live API refused the connection (HTTP {status}): the API key is "
-                          f"wrong or not allowed; store a valid key with 'talkie setup'")
+                          f"wrong or not allowed; {KEY_FIX}")
         if status == 404:
             return True, (f"the Live API endpoint was not found (HTTP 404); check [live] base_url "
                           f"and api_version in the config")
         return status < 500 and status != 429, f"the Live API answered HTTP {status}"
     if isinstance(exc, ConnectionClosed):
         return False, f"the connection closed while sending ({exc.__class__.__name__})"
+    if isinstance(exc, ReplyTimeout):
+        return False, str(exc)
     if isinstance(exc, TimeoutError):
         return False, "the Live API did not answer in time (network slow or down)"
     if isinstance(exc, OSError):
+        # DNS failures (socket.gaierror), refused and reset connections, unreachable networks
         return False, f"cannot reach the Live API ({exc.__class__.__name__}: {exc.strerror or exc})"
     # The SDK raises TypeError on a frame with an unknown top-level key and ValueError on a
     # frame that is not JSON: a server fault, worth another connection.
@@ -127,7 +155,8 @@ class LiveSession:
     def __init__(self, cfg: Config, api_key: Secret | None,
                  on_event: Callable[[SessionEvent], None], *,
                  handle: str | None = None, recap: str = "",
-                 backoff: Backoff = Backoff(), rng: random.Random | None = None) -> None:
+                 backoff: Backoff = Backoff(), rng: random.Random | None = None,
+                 limiter: ConnectLimiter | None = None) -> None:
         self._cfg = cfg
         self._api_key = api_key
         self._on_event = on_event
@@ -135,16 +164,25 @@ class LiveSession:
         self._recap = recap
         self._backoff = backoff
         self._rng = rng or random.Random()
+        self._limiter = limiter or ConnectLimiter(cfg.live.max_connects_per_minute)
+        # Audio (and end-of-speech markers) not yet taken by a socket, oldest first.
         self._pending: deque[Any] = deque()
         self._pending_bytes = 0
+        # What went up since the last answered turn: resent if the answer never came whole.
+        self._unanswered: deque[Any] = deque()
+        self._unanswered_bytes = 0
         self._wake = asyncio.Event()
         self._go_away = asyncio.Event()
-        self._accepted_handle = False
         self._in_reply = False
+        self._reply_deadline: float | None = None
+        self._reply_timeouts = 0
+        self._connecting = False  # between opening a socket and its setupComplete
+        self._answered_here = False  # a turn was answered on the current connection
         self.connected = False
-        self.uploaded_bytes = 0
+        self.uploaded_bytes = 0  # 16 kHz PCM bytes the sockets took (resent audio included)
         self.connections = 0
         self.dropped_bytes = 0
+        self.replayed_turns = 0
 
     # --- what the daemon calls ---------------------------------------------------------------
 
@@ -164,6 +202,11 @@ class LiveSession:
         self._pending.append(_END)
         self._wake.set()
 
+    @property
+    def uploaded_s(self) -> float:
+        """Seconds of the child's audio actually sent (what the service bills)."""
+        return self.uploaded_bytes / (2 * 16_000)
+
     async def run(self) -> None:
         """Connect, talk, reconnect as needed. Returns on a permanent failure or when out of
         attempts (after a LinkDown with final=True); cancel it to end the conversation."""
@@ -171,6 +214,9 @@ class LiveSession:
         attempt = 0
         while True:
             started = time.monotonic()
+            self._go_away.clear()
+            self._connecting = True
+            self._answered_here = False
             try:
                 await self._connection(client, attempt)
                 reason, permanent = "the server ended the connection", False
@@ -178,62 +224,137 @@ class LiveSession:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified and reported below
                 permanent, reason = classify(exc)
-                if self.handle and self._handle_rejected(exc, started):
+                if self.handle and self._connecting and self._handle_refused(exc):
                     log.warning("Live API refused the resumption handle; starting a new "
-                                "conversation (%s)", reason)
+                                "conversation with a recap (%s)", reason,
+                                extra={"TALKIE_EVENT": "handle_refused"})
+                    self._on_event(HandleRefused(self.handle))
                     self.handle = None
-                    permanent = False
+                    permanent, reason = False, "the server refused the resumption handle"
+                    self._go_away.set()  # nothing is wrong with the link: go again at once
+                if isinstance(exc, ReplyTimeout):
+                    self._reply_timeouts += 1
             self.connected = False
-            if time.monotonic() - started >= self._backoff.healthy_after_s:
+            planned = self._go_away.is_set()
+            if self._answered_here or time.monotonic() - started >= self._backoff.healthy_after_s:
                 attempt = 0
-            if permanent or attempt >= self._backoff.max_attempts:
-                log.error("Live session ended: %s", reason)
+            if self._reply_timeouts >= 2:
+                reason = (f"the Live API did not answer the child twice in a row; {reason}")
+            out_of_tries = attempt >= self._backoff.max_attempts or self._reply_timeouts >= 2
+            if permanent or out_of_tries:
+                log.error("Live session stopped: %s", reason,
+                          extra={"TALKIE_EVENT": "live_error" if permanent else "live_gave_up"})
                 self._on_event(LinkDown(time.monotonic(), reason, 0.0, final=True,
                                         permanent=permanent))
                 return
-            delay = 0.0 if self._go_away.is_set() else self._backoff.delay(attempt, self._rng)
-            self._go_away.clear()
-            log.warning("Live connection lost: %s; reconnecting in %.1f s", reason, delay,
-                        extra={"TALKIE_EVENT": "reconnect"})
+            self._requeue_unanswered(planned)
+            delay = 0.0 if planned else self._backoff.delay(attempt, self._rng)
+            if planned:
+                log.info("Live: switching connection (%s)", reason,
+                         extra={"TALKIE_EVENT": "reconnect"})
+            else:
+                log.warning("Live connection lost: %s; reconnecting in %.1f s", reason, delay,
+                            extra={"TALKIE_EVENT": "reconnect"})
+                attempt += 1
             self._on_event(LinkDown(time.monotonic(), reason, delay))
-            attempt += 1
             await asyncio.sleep(delay)
+
+    # --- resending what was not answered -----------------------------------------------------
+
+    def _requeue_unanswered(self, planned: bool) -> None:
+        """Put the unanswered turn back in front of the queue for the next connection.
+
+        A finished turn (its end-of-speech went up) is resent whole: the resumed context
+        ends at the last answered turn, so the server would otherwise never answer it. A turn
+        still being spoken is resent after an unplanned loss (the words may not have reached
+        the model); after a goAway it is not, as the old socket took it while still healthy.
+        """
+        if not self._unanswered or (planned and _END not in self._unanswered):
+            self._unanswered.clear()
+            self._unanswered_bytes = 0
+            return
+        self.replayed_turns += 1
+        for item in reversed(self._unanswered):
+            self._pending.appendleft(item)
+            if item is not _END:
+                self._pending_bytes += len(item)
+        self._unanswered.clear()
+        self._unanswered_bytes = 0
+        log.info("Live: resending the unanswered turn on the new connection",
+                 extra={"TALKIE_EVENT": "turn_resent"})
+
+    def _sent(self, item: Any) -> None:
+        self._unanswered.append(item)
+        if item is not _END:
+            self._unanswered_bytes += len(item)
+        while self._unanswered_bytes > MAX_PENDING_BYTES:
+            old = self._unanswered.popleft()
+            if old is not _END:
+                self._unanswered_bytes -= len(old)
+
+    def _answered(self) -> None:
+        """The oldest unanswered turn got its answer: forget it (up to its end-of-speech)."""
+        while self._unanswered:
+            item = self._unanswered.popleft()
+            if item is _END:
+                break
+            self._unanswered_bytes -= len(item)
+        if not self._unanswered:
+            self._unanswered_bytes = 0
+        self._reply_deadline = (time.monotonic() + self._cfg.live.reply_timeout_s
+                                if _END in self._unanswered else None)
+        self._reply_timeouts = 0
+        self._answered_here = True
 
     # --- one connection ----------------------------------------------------------------------
 
-    def _handle_rejected(self, exc: BaseException, started: float) -> bool:
-        """A resume attempt refused at once (1007/1008 right after setup) means a stale handle."""
+    def _handle_refused(self, exc: BaseException) -> bool:
+        """A 1007 answer to a setup that carried a handle, not about the key: a stale handle."""
         from google.genai import errors as genai_errors
-        return (isinstance(exc, genai_errors.APIError) and exc.code in (1007, 1008)
-                and not self._accepted_handle and time.monotonic() - started < 5)
+        return (isinstance(exc, genai_errors.APIError) and exc.code == 1007
+                and not _is_bad_key(str(exc.details or exc.message or "")))
 
     async def _connection(self, client: Any, attempt: int) -> None:
-        cfg = connect_config(self._cfg, handle=self.handle, recap=self._recap)
-        self._accepted_handle = False
+        # A resumed conversation has its context; a new one gets the recap instead.
+        cfg = connect_config(self._cfg, handle=self.handle,
+                             recap="" if self.handle else self._recap)
+        self._reply_deadline = None
+        await self._limiter.acquire()
         async with contextlib.AsyncExitStack() as stack:
             async with asyncio.timeout(self._cfg.live.connect_timeout_s):
                 session = await stack.enter_async_context(
                     client.aio.live.connect(model=self._cfg.live.model, config=cfg))
             if session.setup_complete is None:
                 raise LiveError("the server's first message was not setupComplete")
+            self._connecting = False
             self.connected = True
             self.connections += 1
             log.info("Live connected (attempt %d, %s)", attempt + 1,
                      "resuming" if self.handle else "new conversation",
                      extra={"TALKIE_EVENT": "connected"})
             self._on_event(LinkUp(time.monotonic(), resumed=bool(self.handle), attempt=attempt))
-            sender = asyncio.create_task(self._send_loop(session), name="live-send")
-            receiver = asyncio.create_task(self._receive_loop(session), name="live-receive")
+            tasks = [asyncio.create_task(self._receive_loop(session), name="live-receive"),
+                     asyncio.create_task(self._send_loop(session), name="live-send"),
+                     asyncio.create_task(self._reply_watchdog(), name="live-reply-watchdog")]
             try:
-                await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in (sender, receiver):
+                for task in tasks:
                     task.cancel()
-                await asyncio.gather(sender, receiver, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
             # The receiver's error is the cause; a send failing on a closed socket is a symptom.
-            for task in (receiver, sender):
+            for task in tasks:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+
+    async def _reply_watchdog(self) -> None:
+        """The SDK waits forever for a reply; the child should not."""
+        limit = self._cfg.live.reply_timeout_s
+        while True:
+            await asyncio.sleep(min(0.25, limit / 4))
+            deadline = self._reply_deadline
+            if deadline is not None and time.monotonic() > deadline:
+                raise ReplyTimeout(f"the Live API did not answer within {limit:g} s")
 
     async def _send_loop(self, session: Any) -> None:
         from google.genai import types
@@ -243,6 +364,9 @@ class LiveSession:
                 item = self._pending[0]
                 if item is _END:
                     await session.send_realtime_input(audio_stream_end=True)
+                    # An empty turn (a press with no speech) gets no reply: do not wait for one.
+                    if self._reply_deadline is None and self._unanswered_bytes:
+                        self._reply_deadline = time.monotonic() + self._cfg.live.reply_timeout_s
                 else:
                     await session.send_realtime_input(
                         audio=types.Blob(data=item, mime_type="audio/pcm;rate=16000"))
@@ -250,6 +374,7 @@ class LiveSession:
                     self.uploaded_bytes += len(item)
                 # Only now is it the socket's: a failed send leaves it queued for the next link.
                 self._pending.popleft()
+                self._sent(item)
             if self._go_away.is_set():
                 return  # leave the rest for the next connection
             self._wake.clear()
@@ -266,7 +391,6 @@ class LiveSession:
                 update = msg.session_resumption_update
                 if update is not None and update.resumable and update.new_handle:
                     self.handle = update.new_handle
-                    self._accepted_handle = True
                     self._on_event(ResumptionHandle(update.new_handle))
                 if msg.go_away is not None:
                     left = _seconds(msg.go_away.time_left)
@@ -284,7 +408,9 @@ class LiveSession:
                     return
                 if content is None:
                     continue
-                self._accepted_handle = True
+                if self._reply_deadline is not None:
+                    # The server is answering: give it another reply_timeout_s from here.
+                    self._reply_deadline = now + self._cfg.live.reply_timeout_s
                 if content.model_turn is not None:
                     for part in content.model_turn.parts or ():
                         if part.inline_data is not None and part.inline_data.data:
@@ -298,9 +424,11 @@ class LiveSession:
                                               bool(content.output_transcription.finished)))
                 if content.interrupted:
                     self._in_reply = False
+                    self._answered()
                     self._on_event(Interrupted(now))
                 if content.turn_complete:
                     self._in_reply = False
+                    self._answered()
                     self._on_event(TurnComplete(now, usage))
                     usage = {}
                     if self._go_away.is_set():

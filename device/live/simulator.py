@@ -64,6 +64,7 @@ http-403/404       upgrade refused with JSON error body                 ``websoc
                                                                         status_code)
 reject-handle      close 1007 "Request contains an invalid argument."   ``APIError`` 1007 from
                    for a setup with a resumption handle                 ``connect()``
+no-reply           takes turn N and never answers it                    ``receive()`` waits forever
 ================== =================================================== =============================
 
 All ``APIError`` here are the base class (close codes fall outside 400..599), with
@@ -159,6 +160,8 @@ class Fault(enum.Enum):
     #: refuse a setup carrying sessionResumption.handle (even a valid one): close 1007
     #: "Request contains an invalid argument.".
     REJECT_HANDLE = "reject-handle"
+    #: take user turn N and never answer it (the connection stays open and silent).
+    NO_REPLY = "no-reply"
 
 
 _DEFAULT_TURN = {
@@ -455,11 +458,12 @@ _REPLIES = (
 )
 
 
-def reply_text(turn: int, system_instruction: str) -> str:
+def reply_text(turn: int, system_instruction: str,
+               texts: tuple[str, ...] = _REPLIES) -> str:
     """The simulator's reply for conversation turn ``turn`` (1-based)."""
     m = _NAME_RE.search(system_instruction or "")
     name = f", {m.group(1)}" if m else ""
-    return _REPLIES[(turn - 1) % len(_REPLIES)].format(name=name)
+    return texts[(turn - 1) % len(texts)].replace("{name}", name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,6 +492,7 @@ class Simulator:
         cert_dir: Path | str | None = None,
         setup_timeout_s: float = 30.0,
         handle_after_turn_complete: bool = False,
+        reply_texts: Iterable[str] | None = None,
     ) -> None:
         if pace <= 0:
             raise ValueError("pace must be > 0 (a multiple of real time, e.g. 4.0)")
@@ -506,6 +511,8 @@ class Simulator:
         self.barge_in_rms = barge_in_rms
         self.setup_timeout_s = setup_timeout_s
         self.handle_after_turn_complete = handle_after_turn_complete
+        #: What the toy says, turn after turn (cycled); default: the built-in sentences.
+        self.reply_texts: tuple[str, ...] = tuple(reply_texts or _REPLIES)
         self._cert_dir = cert_dir
         self._certs: CertPaths | None = None
         self._server: Server | None = None
@@ -989,8 +996,10 @@ class _Session:
         sim = self.sim
         self.turn_in_conn += 1
         n = self.turn_in_conn
+        if sim._fault(self.rec, Fault.NO_REPLY, n):
+            return  # the turn is swallowed: no reply, no turnComplete, no close
         self.conv.turns += 1
-        text = reply_text(self.conv.turns, self.system_text)
+        text = reply_text(self.conv.turns, self.system_text, sim.reply_texts)
         self.conv.history.append(heard)
         reply = ReplyRecord(turn=self.conv.turns, text=text)
         self.rec.replies.append(reply)
