@@ -519,6 +519,7 @@ class Simulator:
         self.connections: list[ConnectionRecord] = []
         self._by_conn: dict[int, ConnectionRecord] = {}
         self._handles: dict[str, tuple[_Conversation, int]] = {}
+        self._live: set[_Session] = set()  # connections past setup, still open
         self._changed = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -652,6 +653,14 @@ class Simulator:
     def _notify(self) -> None:
         self._changed.set()
 
+    def go_away_now(self, seconds: float = 0.5) -> int:
+        """Send goAway{timeLeft} on every open connection now, closing each 1011 after
+        ``seconds`` (whatever it is doing: mid-utterance, mid-reply).  Returns how many."""
+        sessions = list(self._live)
+        for session in sessions:
+            session.spawn(session._goaway(FaultPlan(Fault.GOAWAY, seconds=seconds)))
+        return len(sessions)
+
     def _fault(
         self, rec: ConnectionRecord, fault: Fault, turn: int
     ) -> FaultPlan | None:
@@ -774,6 +783,16 @@ class _Session:
         self.reply_task: asyncio.Task[None] | None = None
         self.replies: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
         self.closing = False
+        self._side_tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        """Run a server action (a test's goAway) beside the connection's own tasks."""
+        async def guarded() -> None:
+            with contextlib.suppress(_Closed, ConnectionClosed):
+                await coro
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -804,6 +823,7 @@ class _Session:
     async def run(self) -> None:
         try:
             await self._setup()
+            self.sim._live.add(self)
             async with asyncio.TaskGroup() as tg:
                 replier = tg.create_task(self._replier())
                 try:
@@ -814,6 +834,10 @@ class _Session:
             pass
         except* ConnectionClosed:
             pass
+        finally:
+            self.sim._live.discard(self)
+            for task in list(self._side_tasks):
+                task.cancel()
 
     async def _recv(self) -> dict[str, Any]:
         raw = await self.ws.recv(decode=False)
