@@ -504,11 +504,10 @@ class Daemon:
         handle = self._resume_handle
         if handle is None and self._handles is not None:
             handle = self._handles.load()  # expired while idle: start afresh, with a recap
-        # Also made when resuming: should the server refuse the handle, the new conversation
-        # starts with it.
-        summary = await self._recap()
+        # The recap is read from history when a connection starts without a handle (also
+        # when the server refuses the handle).
         self._session = LiveSession(self.cfg, self._api_key, self.post, handle=handle,
-                                    recap=summary, limiter=self._connect_limiter)
+                                    recap=self._recap, limiter=self._connect_limiter)
         self._session_task = self._spawn(self._session.run())
         if self._history is not None:
             self._conversation = self._spawn(self._open_history_conversation(), write=True)

@@ -29,7 +29,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +154,8 @@ class LiveSession:
 
     def __init__(self, cfg: Config, api_key: Secret | None,
                  on_event: Callable[[SessionEvent], None], *,
-                 handle: str | None = None, recap: str = "",
+                 handle: str | None = None,
+                 recap: str | Callable[[], Awaitable[str]] = "",
                  backoff: Backoff = Backoff(), rng: random.Random | None = None,
                  limiter: ConnectLimiter | None = None) -> None:
         self._cfg = cfg
@@ -315,9 +316,12 @@ class LiveSession:
                 and not _is_bad_key(str(exc.details or exc.message or "")))
 
     async def _connection(self, client: Any, attempt: int) -> None:
-        # A resumed conversation has its context; a new one gets the recap instead.
-        cfg = connect_config(self._cfg, handle=self.handle,
-                             recap="" if self.handle else self._recap)
+        # A resumed conversation has its context; a new one gets the recap instead, read
+        # from history now (a refused handle mid-talk then recaps this talk too).
+        recap = ""
+        if not self.handle:
+            recap = self._recap if isinstance(self._recap, str) else await self._recap()
+        cfg = connect_config(self._cfg, handle=self.handle, recap=recap)
         self._reply_deadline = None
         await self._limiter.acquire()
         async with contextlib.AsyncExitStack() as stack:
