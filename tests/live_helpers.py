@@ -73,9 +73,11 @@ class SimRun:
 
 async def simulate(sim: Simulator, tmp: Path, mic: Path, *, config: Path | None = None,
                    state: Path | None = None, api_key: str = "test-key",
-                   extra: tuple[str, ...] = (), timeout: float = 120) -> SimRun:
+                   extra: tuple[str, ...] = (), verbose: bool = False,
+                   timeout: float = 120) -> SimRun:
     """`python -m device simulate --json` against `sim`, in its own process."""
-    args = [sys.executable, "-m", "device", "simulate", "--mic", str(mic),
+    args = [sys.executable, "-m", "device", *(["-v"] if verbose else []), "simulate",
+            "--mic", str(mic),
             "--out", str(tmp / "out.wav"), "--live-url", sim.base_url,
             "--ca-file", str(sim.ca_file), "--api-key", api_key, "--json",
             "--state-dir", str(state or tmp / "state"), *extra]
