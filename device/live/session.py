@@ -27,6 +27,7 @@ import contextlib
 import logging
 import random
 import re
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -135,6 +136,10 @@ def classify(exc: BaseException) -> tuple[bool, str]:
         return False, str(exc)
     if isinstance(exc, TimeoutError):
         return False, "the Live API did not answer in time (network slow or down)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # Retrying cannot make a certificate trusted: a wrong ca_file or base_url.
+        return True, (f"the Live API's TLS certificate is not trusted ({exc.verify_message}); "
+                      f"check [live] base_url and ca_file (or --live-url and --ca-file)")
     if isinstance(exc, OSError):
         # DNS failures (socket.gaierror), refused and reset connections, unreachable networks
         return False, f"cannot reach the Live API ({exc.__class__.__name__}: {exc.strerror or exc})"
