@@ -12,7 +12,7 @@ DEMO_APT := python3-venv
 TEST_APT := python3-venv libportaudio2 espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins \
 	libsystemd-dev pkg-config gcc python3-dev systemd chromium postgresql shellcheck
 
-.PHONY: demo test bench soak clean
+.PHONY: demo test bench soak soak-live clean
 
 $(VENV)/.demo: pyproject.toml
 	@./scripts/need-apt $(DEMO_APT)
@@ -31,6 +31,10 @@ demo: $(VENV)/.demo
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q
+
+# A 30-minute conversation (faster than real time) switched by goAway every turn.
+soak-live: $(VENV)/.test
+	$(PY) -m pytest -q -s -m soak tests/test_live_soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
