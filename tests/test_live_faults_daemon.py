@@ -170,3 +170,17 @@ async def test_permanent_fault_ends_in_error_after_one_attempt(name: str, tmp_pa
     assert re.search(r"state \w+ -> error", run.stderr)
     # nothing was sent, so nothing is charged to today's budget
     assert summary["uploaded_audio_s"] == 0 and budget_used(tmp_path / "state") == 0
+
+
+async def test_a_refused_handle_is_gone_from_disk_even_when_the_talk_then_fails(
+        tmp_path: Path, one_turn: Path) -> None:
+    async with fast_sim() as sim:
+        first = await simulate(sim, tmp_path, one_turn, api_key=KEY)
+        assert first.rc == 0, first.stderr[-3000:]
+        assert (tmp_path / "state" / "resumption.json").exists()
+        sim.faults = [FaultPlan.parse("reject-handle@1"), FaultPlan.parse("close-1008@2")]
+        run = await simulate(sim, tmp_path, one_turn, api_key=KEY)
+    assert run.rc == 1 and len(sim.connections) == 3
+    assert sim.connections[2].resumed_handle is None
+    # the next wake must not offer the refused handle again
+    assert not (tmp_path / "state" / "resumption.json").exists()
