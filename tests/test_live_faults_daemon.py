@@ -21,8 +21,8 @@ from tests.live_helpers import conversation_wav, fast_sim, simulate, write_confi
 KEY = "sk-test-DO-NOT-PRINT-1234"
 CONFIG = """\
 [live]
-connect_timeout_s = 2.0
-reply_timeout_s = 2.0
+connect_timeout_s = 4.0
+reply_timeout_s = 3.0
 
 [limits]
 daily_budget_minutes = 30
@@ -74,7 +74,7 @@ TRANSIENT = {
     "unknown-key": ["unknown-key:2"],
     "no-reply": ["no-reply:2"],
     # a goAway after turn 1 makes a second setup for these to hit
-    "slow-setup": ["goaway:1", "slow-setup@1+6"],
+    "slow-setup": ["goaway:1", "slow-setup@1+10"],
     "tcp-drop-at-setup": ["goaway:1", "tcp-drop@1:0"],
 }
 
