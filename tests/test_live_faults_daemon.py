@@ -184,3 +184,16 @@ async def test_a_refused_handle_is_gone_from_disk_even_when_the_talk_then_fails(
     assert sim.connections[2].resumed_handle is None
     # the next wake must not offer the refused handle again
     assert not (tmp_path / "state" / "resumption.json").exists()
+
+
+async def test_a_server_that_never_answers_ends_the_talk_and_tells_the_child(
+        tmp_path: Path, one_turn: Path) -> None:
+    async with fast_sim(faults=["no-reply@*:1"]) as sim:
+        run = await simulate(sim, tmp_path, one_turn, api_key=KEY,
+                             config=write_config(tmp_path / "c.toml", CONFIG))
+    summary = assert_survived(run)
+    assert run.rc == 1 and summary["ok"] is False and summary["turns"] == 0
+    assert any("did not answer the child twice" in e for e in summary["errors"])
+    assert len(sim.connections) == 2  # asked once more, then gave up: no storm
+    # the box leaves thinking for offline (the offline sound), not silence forever
+    assert re.search(r"state thinking -> offline", run.stderr), run.stderr[-2000:]

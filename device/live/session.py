@@ -231,8 +231,8 @@ class LiveSession:
             except Exception as exc:  # noqa: BLE001 - classified and reported below
                 permanent, reason = classify(exc)
                 if self.handle and self._connecting and self._handle_refused(exc):
-                    log.warning("Live API refused the resumption handle; starting a new "
-                                "conversation with a recap (%s)", reason,
+                    log.warning("Live API refused the resumption handle (%s); starting a new "
+                                "conversation with a recap", exc,
                                 extra={"TALKIE_EVENT": "handle_refused"})
                     self._on_event(HandleRefused(self.handle))
                     self.handle = None
