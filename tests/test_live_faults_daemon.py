@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import wave
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,13 @@ async def test_transient_fault_completes_the_conversation(name: str, tmp_path: P
     assert len(sim.connections) >= 2 and summary["reconnects"] >= 1
     assert any(c.faults_fired for c in sim.connections)
     assert_each_setup_carries_the_newest_handle(sim)
+    # the second sentence (said while the box reconnected, or resent after the break) reached
+    # the server that answered it whole, sample for sample
+    last = sim.connections[-1].audio
+    with wave.open(str(two_turns)) as w:
+        said = w.readframes(w.getnframes())
+    at = said.find(last)
+    assert len(last) >= 1.5 * 32000 and at >= 0 and at % 2 == 0
     # the newest handle is on disk for the next wake
     saved = json.loads((tmp_path / "state" / "resumption.json").read_text())["handle"]
     assert saved == [h for c in sim.connections for h in c.handles_sent][-1]
