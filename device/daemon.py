@@ -143,6 +143,7 @@ class Daemon:
         self._session: LiveSession | None = None
         # One cap on connects for every conversation of this box (retries and goAway included).
         self._connect_limiter = ConnectLimiter(cfg.live.max_connects_per_minute)
+        self._handle_writes = asyncio.Lock()
         self._session_task: asyncio.Task[None] | None = None
         self._resume_handle: str | None = handles.load() if handles is not None else None
         self._turn = Turn()
@@ -334,12 +335,10 @@ class Daemon:
                     self._set_state(State.CONNECTING)
             case HandleRefused():
                 self._resume_handle = None
-                if self._handles is not None:
-                    self._spawn(asyncio.to_thread(self._handles.save, None), write=True)
+                self._spawn(self._save_handle(None), write=True)
             case ResumptionHandle():
                 self._resume_handle = ev.handle
-                if self._handles is not None:
-                    self._spawn(asyncio.to_thread(self._handles.save, ev.handle), write=True)
+                self._spawn(self._save_handle(ev.handle), write=True)
             case GoAway():
                 pass
             case ReplyAudio():
@@ -400,6 +399,12 @@ class Daemon:
         self._button_speech = self.cfg.gpio.button_mode == "hold" and how == "press"
         await self._start_conversation()
         self._set_state(State.CONNECTING)
+
+    async def _save_handle(self, handle: str | None) -> None:
+        # One write at a time, in order: a forgotten handle must not outlive its successor.
+        if self._handles is not None:
+            async with self._handle_writes:
+                await asyncio.to_thread(self._handles.save, handle)
 
     def _in_speech_by_button(self) -> bool:
         held, self._button_speech = self._button_speech, False
