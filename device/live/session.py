@@ -83,6 +83,9 @@ def classify(exc: BaseException) -> tuple[bool, str]:
     if isinstance(exc, genai_errors.APIError):
         code, detail = exc.code, (exc.details if isinstance(exc.details, str) else exc.message)
         detail = str(detail or "").strip() or "no reason given"
+        if code == 1007 and "api key" in detail.lower():
+            return True, (f"the Live API refused the API key (1007: {detail}); put a valid key "
+                          f"in place with 'talkie setup --api-key-file FILE'")
         if code == 1007:
             return True, (f"the Live API refused the request (1007: {detail}); check [live] "
                           f"model, voice and [child] language in the config")
