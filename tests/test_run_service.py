@@ -234,12 +234,21 @@ def events_file(tmp: Path, text: str) -> Path:
 
 # --- the tests -----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("notify", ["systemd-python", "plain-socket"])
 def test_ready_watchdog_stall_and_clean_stop(tmp_path: Path, speech_wav: Path,
-                                             start_box: Callable[..., Box]) -> None:
+                                             start_box: Callable[..., Box], notify: str) -> None:
     """READY=1 once up; WATCHDOG=1 at about half WATCHDOG_USEC; none while the event loop is
-    blocked, pings again after; SIGTERM gives STOPPING=1 and exit 0 within a few seconds."""
+    blocked, pings again after; SIGTERM gives STOPPING=1 and exit 0 within a few seconds.
+    Once through systemd-python, once on a box without it (our own datagram sender)."""
     cfg = write_config(tmp_path, speech_wav)
-    box = start_box(cfg, watchdog_usec=2_000_000, TALKIE_TEST_STALL_S="3")
+    env = {"TALKIE_TEST_STALL_S": "3"}
+    if notify == "plain-socket":
+        # A `systemd` package that fails to import, first on the path: as if not installed.
+        blocker = tmp_path / "no-systemd" / "systemd"
+        blocker.mkdir(parents=True)
+        (blocker / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(blocker.parent), str(ROOT)])
+    box = start_box(cfg, watchdog_usec=2_000_000, **env)
     ready = box.wait_for(lambda x: x == "READY=1", 90, what="READY=1")
     status_file = tmp_path / "run" / "status.json"
     assert json.loads(status_file.read_text())["state"] == "idle"
@@ -401,3 +410,27 @@ def test_bad_config_exits_78_with_one_clear_line(tmp_path: Path, speech_wav: Pat
     assert "Traceback" not in r.stderr
     assert SECRET not in r.stderr + r.stdout
     assert time.monotonic() - t0 < 30  # fails before opening audio or importing the SDK
+
+
+def test_ready_and_watchdog_on_pulseaudio(tmp_path: Path, pulse: object,
+                                          start_box: Callable[..., Box]) -> None:
+    """Real PortAudio on the private PulseAudio server: READY=1 only once the devices are
+    open, pings while the mic delivers, a conversation on spoken audio, a clean SIGTERM."""
+    from tests.pulse import espeak
+
+    cfg = write_config(tmp_path, tmp_path / "unused.wav",
+                       audio={"backend": "sounddevice", "input": "pulse", "output": "pulse"})
+    script = events_file(tmp_path, "0.5 tap button\n")
+    env = {k: v for k, v in pulse.env().items()  # type: ignore[attr-defined]
+           if k.startswith(("PULSE_", "XDG_RUNTIME")) or k == "HOME"}
+    box = start_box(cfg, "--events", str(script), **env)
+    ready = box.wait_for(lambda x: x == "READY=1", 90, what="READY=1")
+    box.wait_for(lambda x: x == "STATUS=listening", 30, after=ready, what="STATUS=listening")
+    pulse.feed(espeak("Hello Talkie, what is a dragon?", 48_000))  # type: ignore[attr-defined]
+    box.wait_for(lambda x: x == "STATUS=speaking", 30, after=ready, what="STATUS=speaking")
+    assert len([t for t in box.times("WATCHDOG=1") if t > ready]) >= 2
+    term = box.signal(signal.SIGTERM)
+    box.wait_for(lambda x: x == "STOPPING=1", 10, after=term, what="STOPPING=1")
+    assert box.wait_exit(15) == 0
+    assert box.now() - term < 10.0
+    assert "Traceback" not in "\n".join(box.stderr)
