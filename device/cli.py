@@ -1,6 +1,6 @@
 """`talkie`: the command line. argv is parsed here and nowhere else.
 
-    talkie run [--config FILE]                       the daemon (systemd runs this)
+    talkie run [--config FILE] [--events FILE]       the daemon (systemd runs this)
     talkie simulate --mic IN.wav --out OUT.wav ...   one conversation on WAV files
     talkie demo                                      a spoken demo for a newcomer
 """
