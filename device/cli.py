@@ -209,6 +209,13 @@ async def _run(cfg: Config, api_key: Secret | None, redactor: Any, *, context: A
     last_frame = [time.monotonic()]
     last_error = [""]
     ready: list[bool] = []
+    audio_fault = [False]
+
+    def healthy() -> bool:
+        # Frames flowing, or a mic fault the daemon shows (LED, earcon) and is reopening: a
+        # restart cannot fix an unplugged mic, and StartLimitBurst restarts end in a dead unit.
+        # A read that hangs unnoticed still stops the pings.
+        return audio_fault[0] or time.monotonic() - last_frame[0] < 10.0
 
     def on_event(ev: Any) -> None:
         match ev:
@@ -223,6 +230,9 @@ async def _run(cfg: Config, api_key: Secret | None, redactor: Any, *, context: A
             case AudioFault(error=str() as error):
                 status.add_error(error)
                 last_error[0] = redactor(error)
+                audio_fault[0] = True
+            case AudioFault():
+                audio_fault[0] = False
 
     try:
         async with _box(cfg, api_key, on_frame=lambda: last_frame.__setitem__(0, time.monotonic())
@@ -262,8 +272,7 @@ async def _run(cfg: Config, api_key: Secret | None, redactor: Any, *, context: A
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(daemon.run(), name="daemon"),
-                    tg.create_task(watchdog_task(
-                        notifier, health=lambda: time.monotonic() - last_frame[0] < 10.0)),
+                    tg.create_task(watchdog_task(notifier, health=healthy)),
                     tg.create_task(wifi_task(status)),
                     tg.create_task(daemon.history.run_retention()),
                 ]
