@@ -125,6 +125,7 @@ class Box:
     t0: float
     notes: list[tuple[float, str]] = field(default_factory=list)  # (seconds since start, line)
     stderr: list[str] = field(default_factory=list)
+    stderr_t: list[float] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def _read_socket(self) -> None:
@@ -148,6 +149,7 @@ class Box:
         for line in self.proc.stderr:
             with self.cond:
                 self.stderr.append(line.rstrip("\n"))
+                self.stderr_t.append(time.monotonic() - self.t0)
 
     def wait_for(self, pred: Callable[[str], bool], timeout: float, after: float = 0.0,
                  what: str = "") -> float:
@@ -168,6 +170,17 @@ class Box:
                         f"{self.notes}; exit {self.proc.poll()}; stderr:\n"
                         + "\n".join(self.stderr[-30:]))
                 self.cond.wait(0.1)
+
+    def logged(self, text: str, timeout: float) -> float:
+        """Time (since start) stderr showed a line containing `text`."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while time.monotonic() < deadline:
+                for t, line in zip(self.stderr_t, self.stderr):
+                    if text in line:
+                        return t
+                self.cond.wait(0.1)
+        raise AssertionError(f"no log line with {text!r}; stderr:\n" + "\n".join(self.stderr))
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -256,18 +269,18 @@ def test_ready_watchdog_stall_and_clean_stop(tmp_path: Path, speech_wav: Path,
     # Healthy: pings every ~1 s (half of 2 s) for 4.5 s.
     box.wait_for(lambda x: x == "WATCHDOG=1", 10, after=ready + 4.5, what="a ping after 4.5 s")
     healthy = [t for t in box.times("WATCHDOG=1") if t >= ready]
-    gaps = [b - a for a, b in zip(healthy, healthy[1:])]
+    gaps = sorted(b - a for a, b in zip(healthy, healthy[1:]))
     assert len(healthy) >= 3, healthy
-    assert all(0.4 < g < 1.9 for g in gaps), gaps  # the watchdog itself would fire at 2.0
+    assert 0.6 < gaps[len(gaps) // 2] < 1.6, gaps  # median: half of WATCHDOG_USEC
 
     # Blocked: SIGUSR2 makes the (test-only) hook sleep on the loop for 3 s.
     sent = box.signal(signal.SIGUSR2)
-    resumed = box.wait_for(lambda x: x == "WATCHDOG=1", 15, after=sent + 3.0,
+    blocked = box.logged("blocking the event loop", 10)  # logged just before it sleeps
+    resumed = box.wait_for(lambda x: x == "WATCHDOG=1", 15, after=blocked + 3.0,
                            what="a ping after the stall")
-    stalled = [t for t in box.times("WATCHDOG=1") if sent + 0.5 < t < sent + 2.9]
+    stalled = [t for t in box.times("WATCHDOG=1") if blocked + 0.2 < t < sent + 2.9]
     assert stalled == [], f"pings while the loop was blocked: {stalled}"
-    assert resumed - sent < 3.0 + 4.0  # healthy again: pings come back by themselves
-    assert any("blocking the event loop" in line for line in box.stderr)
+    assert resumed - blocked < 3.0 + 4.0  # healthy again: pings come back by themselves
 
     # SIGTERM: STOPPING=1, then a clean exit.
     term = box.signal(signal.SIGTERM)
@@ -434,3 +447,20 @@ def test_ready_and_watchdog_on_pulseaudio(tmp_path: Path, pulse: object,
     assert box.wait_exit(15) == 0
     assert box.now() - term < 10.0
     assert "Traceback" not in "\n".join(box.stderr)
+
+
+def test_no_ready_when_the_microphone_cannot_open(tmp_path: Path, pulse: object,
+                                                  start_box: Callable[..., Box]) -> None:
+    """READY=1 means audio is up: a mic that does not exist gives no READY, one line naming
+    the device and the fix, and an exit code systemd restarts (a USB mic may come later)."""
+    cfg = write_config(tmp_path, tmp_path / "unused.wav",
+                       audio={"backend": "sounddevice", "input": "no-such-mic", "output": "pulse"})
+    env = {k: v for k, v in pulse.env().items()  # type: ignore[attr-defined]
+           if k.startswith(("PULSE_", "XDG_RUNTIME")) or k == "HOME"}
+    box = start_box(cfg, **env)
+    rc = box.wait_exit(60)
+    assert rc not in (0, 78), rc
+    assert not any(line == "READY=1" for _, line in box.notes), box.notes
+    text = "\n".join(box.stderr)
+    assert "no-such-mic" in text and "[audio] input" in text, text
+    assert "Traceback" not in text
