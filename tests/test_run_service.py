@@ -384,12 +384,14 @@ SECRET = "AIzaSyTESTdoNotPrintMe0123456789abcdefg"
 
 
 @pytest.mark.parametrize("case", ["unknown-key", "wrong-type", "no-api-key", "missing-ca-file",
-                                  "sync-without-token", "missing-mic-file"])
+                                  "sync-without-token", "missing-mic-file",
+                                  "events-on-real-pins"])
 def test_bad_config_exits_78_with_one_clear_line(tmp_path: Path, speech_wav: Path,
                                                  case: str) -> None:
     """EX_CONFIG (the unit's RestartPreventExitStatus) and one line naming the key and the
     fix: no traceback, no secret, no restart loop."""
     env: dict[str, str] = {"GEMINI_API_KEY": SECRET}
+    args: list[str] = []
     token_file = tmp_path / "token"
     token_file.write_text("")
     if case == "unknown-key":
@@ -410,11 +412,15 @@ def test_bad_config_exits_78_with_one_clear_line(tmp_path: Path, speech_wav: Pat
         cfg = write_config(tmp_path, speech_wav, sync={"url": "https://127.0.0.1:9",
                                                        "token_file": str(token_file)})
         expect = "[sync] has a url but no token"
-    else:
+    elif case == "missing-mic-file":
         cfg = write_config(tmp_path, tmp_path / "nope.wav")
         expect = "'audio.input'"
+    else:
+        cfg = write_config(tmp_path, speech_wav, gpio={"pin_factory": "lgpio"})
+        args = ["--events", str(events_file(tmp_path, "0.5 tap button\n"))]
+        expect = "--events drives mock pins"
     t0 = time.monotonic()
-    r = subprocess.run([PY, "-m", "device", "run", "--config", str(cfg)], cwd=ROOT,
+    r = subprocess.run([PY, "-m", "device", "run", "--config", str(cfg), *args], cwd=ROOT,
                        env=child_env(**env), capture_output=True, text=True, timeout=60)
     assert r.returncode == 78, (r.returncode, r.stderr)
     lines = [x for x in r.stderr.splitlines() if x.strip()]
