@@ -488,9 +488,9 @@ class Daemon:
         self.summary.reply_byte_to_sound_ms.append((t_played - t_received) * 1000)
         if turn.speech_end_t is not None:
             self.summary.speech_end_to_sound_ms.append((t_played - turn.speech_end_t) * 1000)
-            log.info("reply sounding %.0f ms after the child stopped",
-                     (t_played - turn.speech_end_t) * 1000,
-                     extra={"TALKIE_EVENT": "latency"})
+            ms = (t_played - turn.speech_end_t) * 1000
+            log.info("reply sounding %.0f ms after the child stopped", ms,
+                     extra={"TALKIE_EVENT": "latency", "TALKIE_LATENCY_MS": round(ms)})
 
     # --- conversations -----------------------------------------------------------------------
 

@@ -351,6 +351,7 @@ def test_sigterm_during_a_reply_keeps_the_turn(tmp_path: Path, speech_wav: Path,
     uuid = convs[0][1]
     assert any(f"session={uuid}" in line and "state=" in line for line in box.stderr), \
         "\n".join(box.stderr)
+    assert any("event=latency" in line and "latency_ms=" in line for line in box.stderr)
     assert SIM_KEY not in "\n".join(box.stderr)
 
 
