@@ -66,15 +66,10 @@ class StandaloneSimulator:
     ca_file: str
 
 
-@pytest.fixture(scope="module")
-def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneSimulator]:
-    """`python -m device.live.simulator` accepting only SIM_KEY, streaming replies at a
-    quarter of real time, so a reply is still arriving seconds after it starts sounding."""
-    certs = tmp_path_factory.mktemp("simcerts")
+def _standalone_simulator(certs: Path, *args: str) -> Iterator[StandaloneSimulator]:
     proc = subprocess.Popen(
-        [PY, "-m", "device.live.simulator", "--api-key", SIM_KEY, "--pace", "0.25",
-         "--first-byte-delay", "0.1", "--cert-dir", str(certs)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        [PY, "-m", "device.live.simulator", "--api-key", SIM_KEY, "--cert-dir", str(certs),
+         *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
         info: dict[str, str] = {}
@@ -88,6 +83,21 @@ def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneSi
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneSimulator]:
+    """`python -m device.live.simulator` accepting only SIM_KEY, streaming replies at a
+    quarter of real time, so a reply is still arriving seconds after it starts sounding."""
+    yield from _standalone_simulator(tmp_path_factory.mktemp("simcerts"), "--pace", "0.25",
+                                     "--first-byte-delay", "0.1")
+
+
+@pytest.fixture(scope="module")
+def stuck_simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneSimulator]:
+    """A simulator that takes 60 s to answer the setup: the box hangs in 'connecting'."""
+    yield from _standalone_simulator(tmp_path_factory.mktemp("simcerts2"),
+                                     "--fault", "slow-setup@*+60")
 
 
 def write_config(tmp: Path, mic: Path, **sections: dict[str, object]) -> Path:
@@ -353,6 +363,26 @@ def test_sigterm_during_a_reply_keeps_the_turn(tmp_path: Path, speech_wav: Path,
         "\n".join(box.stderr)
     assert any("event=latency" in line and "latency_ms=" in line for line in box.stderr)
     assert SIM_KEY not in "\n".join(box.stderr)
+
+
+def test_sigterm_while_connecting_stops_at_once(tmp_path: Path, speech_wav: Path,
+                                                stuck_simulator: StandaloneSimulator,
+                                                start_box: Callable[..., Box]) -> None:
+    """SIGTERM while the SDK waits for a setup that never comes: the connect is cancelled
+    (not swallowed), STOPPING=1, exit 0 well within TimeoutStopSec=8."""
+    cfg = write_config(tmp_path, speech_wav, live={
+        "simulator": False, "base_url": stuck_simulator.base_url,
+        "ca_file": stuck_simulator.ca_file, "connect_timeout_s": 60.0})
+    box = start_box(cfg, "--events", str(events_file(tmp_path, "0.2 tap button\n")),
+                    GEMINI_API_KEY=SIM_KEY)
+    ready = box.wait_for(lambda x: x == "READY=1", 90, what="READY=1")
+    connecting = box.wait_for(lambda x: x == "STATUS=connecting", 30, after=ready)
+    time.sleep(max(0.0, connecting + 1.5 - box.now()))  # the TLS handshake is done by now
+    term = box.signal(signal.SIGTERM)
+    box.wait_for(lambda x: x == "STOPPING=1", 10, after=term, what="STOPPING=1")
+    assert box.wait_exit(15) == 0
+    assert box.now() - term < 6.0
+    assert "connecting" == box.statuses()[-1]
 
 
 def test_refused_api_key_is_an_error_state_with_a_clear_line(
