@@ -416,7 +416,7 @@ SECRET = "AIzaSyTESTdoNotPrintMe0123456789abcdefg"
 
 @pytest.mark.parametrize("case", ["unknown-key", "wrong-type", "no-api-key", "missing-ca-file",
                                   "sync-without-token", "missing-mic-file",
-                                  "events-on-real-pins"])
+                                  "events-on-real-pins", "mistyped-token"])
 def test_bad_config_exits_78_with_one_clear_line(tmp_path: Path, speech_wav: Path,
                                                  case: str) -> None:
     """EX_CONFIG (the unit's RestartPreventExitStatus) and one line naming the key and the
@@ -443,6 +443,11 @@ def test_bad_config_exits_78_with_one_clear_line(tmp_path: Path, speech_wav: Pat
         cfg = write_config(tmp_path, speech_wav, sync={"url": "https://127.0.0.1:9",
                                                        "token_file": str(token_file)})
         expect = "[sync] has a url but no token"
+    elif case == "mistyped-token":
+        cfg = write_config(tmp_path, speech_wav, sync={"url": "https://127.0.0.1:9"})
+        with cfg.open("a") as f:
+            f.write("token = 48151623429\n")  # a token of digits, unquoted: still a secret
+        expect = "'sync.token' must be a string"
     elif case == "missing-mic-file":
         cfg = write_config(tmp_path, tmp_path / "nope.wav")
         expect = "'audio.input'"
@@ -458,7 +463,7 @@ def test_bad_config_exits_78_with_one_clear_line(tmp_path: Path, speech_wav: Pat
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("talkie: config error:") and expect in lines[0], lines[0]
     assert "Traceback" not in r.stderr
-    assert SECRET not in r.stderr + r.stdout
+    assert SECRET not in r.stderr + r.stdout and "48151623429" not in r.stderr + r.stdout
     assert time.monotonic() - t0 < 30  # fails before opening audio or importing the SDK
 
 
