@@ -403,8 +403,18 @@ def test_refused_api_key_is_an_error_state_with_a_clear_line(
     assert "API key" in (status["live"]["last_error"] or "")
     time.sleep(0.5)
     assert box.proc.poll() is None, "a refused key must not end the daemon"
+    # What a parent sees over SSH.
+    talkie_status = [PY, "-m", "device", "status", "--file", str(tmp_path / "run" / "status.json")]
+    seen = subprocess.run(talkie_status, cwd=ROOT, env=child_env(), capture_output=True,
+                          text=True, timeout=30)
+    assert seen.returncode == 0, seen.stdout + seen.stderr
+    assert "error" in seen.stdout and "API key" in seen.stdout, seen.stdout
+    assert WRONG_KEY not in seen.stdout
     box.signal(signal.SIGTERM)
     assert box.wait_exit(15) == 0
+    gone = subprocess.run(talkie_status, cwd=ROOT, env=child_env(), capture_output=True,
+                          text=True, timeout=30)
+    assert gone.returncode == 3, gone.stdout  # like `systemctl status` of a stopped unit
     text = "\n".join(box.stderr)
     assert any("API key" in line for line in box.stderr), text
     assert WRONG_KEY not in text and WRONG_KEY not in json.dumps(status)
