@@ -1,6 +1,6 @@
 """`talkie`: the command line. argv is parsed here and nowhere else.
 
-    talkie run [--config FILE]                       the daemon (systemd runs this)
+    talkie run [--config FILE] [--events FILE]       the daemon (systemd runs this)
     talkie simulate --mic IN.wav --out OUT.wav ...   one conversation on WAV files
     talkie demo                                      a spoken demo for a newcomer
 """
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the box (what systemd starts)")
     run.add_argument("--config", help="config file (default /etc/talkie/config.toml if it "
                                       "exists, else the built-in demo setup)")
+    run.add_argument("--events", metavar="FILE",
+                     help="play a timed script of pin events (as in simulate) on mock pins, "
+                          "to try the box without a button (needs [gpio] pin_factory = \"mock\")")
     run.set_defaults(func=cmd_run)
 
     sim = sub.add_parser("simulate", help="one conversation on WAV files, through the same "
@@ -98,49 +101,138 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import faulthandler
-    from device.logs import setup_logging
+    from device.logs import LogContext, setup_logging
 
-    # journald under systemd, stderr otherwise; every secret read later is redacted from it
-    redactor = setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    # journald under systemd, stderr otherwise; every secret read later is redacted from it,
+    # and every record carries the box's state and conversation once known
+    context = LogContext()
+    redactor = setup_logging(logging.DEBUG if args.verbose else logging.INFO, context=context)
     faulthandler.enable()  # a hard crash still leaves a Python stack in the journal
     path = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None)
     cfg = load(path)
     api_key = None if cfg.live.simulator else require_api_key()
     if api_key is not None:
         redactor.add(api_key)
-    if cfg.sync.token:
-        redactor.add(Secret(cfg.sync.token))
-    return asyncio.run(_run(cfg, api_key, redactor))
+    for secret in precheck_run(cfg):
+        redactor.add(secret)
+    steps = None
+    if args.events:
+        from device.gpio.script import load as load_script
+        if cfg.gpio.pin_factory != "mock":
+            raise ConfigError(f"--events drives mock pins, but [gpio] pin_factory is "
+                              f"{cfg.gpio.pin_factory!r}; set pin_factory = \"mock\" in the "
+                              f"config to use a script")
+        steps = load_script(args.events)
+    return asyncio.run(_run(cfg, api_key, redactor, context=context, steps=steps))
 
 
-async def _run(cfg: Config, api_key: Secret | None, redactor: Any) -> int:
+def precheck_run(cfg: Config) -> list[Secret]:
+    """Fail at start, with the fix, on what would otherwise fail later (after READY, on the
+    first press, or in the sync task): files the config names, the sync token. Returns the
+    secrets found (the sync token) for the log redactor."""
+    from device.history.sync import check_url, load_token
+
+    def need_file(key: str, value: str, what: str) -> None:
+        if value and not Path(value).is_file():
+            raise ConfigError(f"'{key}' is {value!r}, which does not exist; {what}")
+
+    if not cfg.live.simulator:
+        need_file("live.ca_file", cfg.live.ca_file,
+                  "copy the server's PEM certificate there or set ca_file = \"\"")
+    if cfg.audio.backend == "files":
+        need_file("audio.input", cfg.audio.input, "give a WAV file for backend 'files'")
+    secrets: list[Secret] = []
+    if cfg.sync.url:
+        check_url(cfg.sync.url, cfg.sync.allow_http)
+        need_file("sync.ca_file", cfg.sync.ca_file,
+                  "copy the history server's PEM certificate there or set ca_file = \"\"")
+        token = load_token(cfg.sync.token, cfg.sync.token_file)
+        if not token:
+            raise ConfigError("[sync] has a url but no token; set token_file to the file holding "
+                              "the token from 'python -m server add-device NAME' (or remove url)")
+        secrets.append(token)
+    return secrets
+
+
+#: Test-only: with this set to N seconds, SIGUSR2 blocks the event loop for N s (a stall the
+#: watchdog must notice). Never set in the unit; without it SIGUSR2 keeps its default action.
+TEST_STALL_ENV = "TALKIE_TEST_STALL_S"
+
+
+def _arm_test_stall(loop: asyncio.AbstractEventLoop, env: Any = None) -> float | None:
+    """Install the SIGUSR2 stall hook when `TALKIE_TEST_STALL_S` asks for it; return its
+    length, or None (the normal case: nothing installed)."""
+    import os
+    import signal
+    raw = (os.environ if env is None else env).get(TEST_STALL_ENV, "")
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 60:
+        log.warning("%s=%r ignored: give seconds between 0 and 60", TEST_STALL_ENV, raw)
+        return None
+
+    def stall() -> None:
+        log.warning("test hook: blocking the event loop for %.1f s", seconds,
+                    extra={"TALKIE_EVENT": "test_stall"})
+        time.sleep(seconds)  # deliberately synchronous: this IS the fault under test
+
+    loop.add_signal_handler(signal.SIGUSR2, stall)
+    log.warning("test hook armed: SIGUSR2 blocks the event loop (%s is set; never set it on "
+                "a real box)", TEST_STALL_ENV, extra={"TALKIE_EVENT": "test_hook"})
+    return seconds
+
+
+async def _run(cfg: Config, api_key: Secret | None, redactor: Any, *, context: Any = None,
+               steps: list[Any] | None = None) -> int:
     """The daemon under systemd: READY once audio and pins are up, STATUS on every state,
     watchdog pings while healthy, STOPPING and a clean exit on SIGTERM."""
     import signal
-    from device.daemon import AudioFault
+    from device.daemon import AudioFault, ConversationOpened
     from device.history.sync import client_from_config
     from device.live.session import LinkDown, LinkUp
     from device.notify import Notifier, watchdog_task
     from device.status import StatusFile, wifi_task
 
     notifier = Notifier()
-    status = StatusFile(redact=redactor.redact,
+    status = StatusFile(redact=redactor,
                         on_error=lambda e: log.warning("cannot write the status file: %s", e))
     status.write()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    _arm_test_stall(loop)
     last_frame = [time.monotonic()]
+    last_error = [""]
+    ready: list[bool] = []
+    audio_fault = [False]
+
+    def healthy() -> bool:
+        # Frames flowing, or a mic fault the daemon shows (LED, earcon) and is reopening: a
+        # restart cannot fix an unplugged mic, and StartLimitBurst restarts end in a dead unit.
+        # A read that hangs unnoticed still stops the pings.
+        return audio_fault[0] or time.monotonic() - last_frame[0] < 10.0
 
     def on_event(ev: Any) -> None:
         match ev:
+            case ConversationOpened() if context is not None:
+                context.session = ev.conversation_id
             case LinkUp():
                 status.live_connected()
             case LinkDown():
                 status.live_failed(ev.reason)
+                if ev.final:
+                    last_error[0] = redactor(str(ev.reason))
             case AudioFault(error=str() as error):
                 status.add_error(error)
+                last_error[0] = redactor(error)
+                audio_fault[0] = True
+            case AudioFault():
+                audio_fault[0] = False
 
     try:
         async with _box(cfg, api_key, on_frame=lambda: last_frame.__setitem__(0, time.monotonic())
@@ -148,8 +240,23 @@ async def _run(cfg: Config, api_key: Secret | None, redactor: Any) -> int:
             limits = daemon.limits
 
             def on_state(state: Any) -> None:
+                if context is not None:
+                    context.state = str(state)
+                    if not state.awake:
+                        context.session = None
                 status.set_state(state)
-                notifier.status(f"{state}")
+                # `systemctl status talkie` shows this line: say why for error and offline
+                why = f": {last_error[0]}" if str(state) in ("error", "offline") \
+                    and last_error[0] else ""
+                if stop.is_set():
+                    pass  # systemd already heard STOPPING=1; the flush's last state is noise
+                elif ready:
+                    notifier.status(f"{state}{why}"[:200])
+                else:
+                    # The daemon's first state: its tasks run on open audio and pins.
+                    ready.append(True)
+                    notifier.ready(f"{state}{why}"[:200])
+                    log.info("ready", extra={"TALKIE_EVENT": "ready"})
                 if not state.awake and limits is not None:
                     status.set_budget_left(limits.budget_left())
                 if state in ("idle", "sleeping"):
@@ -158,18 +265,23 @@ async def _run(cfg: Config, api_key: Secret | None, redactor: Any) -> int:
             daemon.add_state_listener(on_state)
             daemon.add_event_listener(on_event)
             sync = client_from_config(daemon.history, cfg.sync)
-            notifier.ready("idle")
-            log.info("ready", extra={"TALKIE_EVENT": "ready"})
+            pins = None
+            if steps is not None:
+                from device.gpio.script import script_pins
+                pins = script_pins(cfg.gpio, daemon.gpio.factory)
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(daemon.run(), name="daemon"),
-                    tg.create_task(watchdog_task(
-                        notifier, health=lambda: time.monotonic() - last_frame[0] < 10.0)),
+                    tg.create_task(watchdog_task(notifier, health=healthy)),
                     tg.create_task(wifi_task(status)),
                     tg.create_task(daemon.history.run_retention()),
                 ]
                 if sync is not None:
                     tasks.append(tg.create_task(sync.run(), name="sync"))
+                if pins is not None:
+                    from device.gpio.script import play
+                    assert steps is not None
+                    tasks.append(tg.create_task(play(steps, pins), name="events"))
                 await stop.wait()
                 log.info("stopping", extra={"TALKIE_EVENT": "stopping"})
                 notifier.stopping()
@@ -179,6 +291,7 @@ async def _run(cfg: Config, api_key: Secret | None, redactor: Any) -> int:
     finally:
         status.remove()
         notifier.close()
+    log.info("stopped cleanly", extra={"TALKIE_EVENT": "stopped"})
     return 0
 
 

@@ -338,21 +338,22 @@ def _build(cls: type, data: dict[str, Any], source: str, text: str, where: tuple
             values[name] = _build(hint, value, source, text, (*where, name))
         else:
             values[name] = _check(dotted, value, hint, f.metadata,
-                                  _at(source, text, where, name))
+                                  _at(source, text, where, name), secret=not f.repr)
     try:
         return cls(**values)
     except ConfigError as e:  # a check across keys (__post_init__): say which file
         raise ConfigError(f"{source}: {e}") from None
 
 
-def _check(key: str, value: Any, hint: Any, meta: Any, at: str) -> Any:
+def _check(key: str, value: Any, hint: Any, meta: Any, at: str, secret: bool = False) -> Any:
     expected = _type_name(hint)
     ok = _is_instance(value, hint)
     if not ok and hint is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if not ok:
+        shown = "hidden" if secret else repr(value)  # a mistyped token is still a token
         raise ConfigError(f"{at}: '{key}' must be {expected}, not {_type_name(type(value))} "
-                          f"({value!r}); write e.g. {key.split('.')[-1]} = {_example(hint)}")
+                          f"({shown}); write e.g. {key.split('.')[-1]} = {_example(hint)}")
     choices = meta.get("choices") or ()
     if choices and value not in choices:
         raise ConfigError(f"{at}: '{key}' is {value!r}; use one of "

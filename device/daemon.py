@@ -53,6 +53,12 @@ class AudioFault:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationOpened:
+    """History has an id for the new conversation (journald's TALKIE_SESSION)."""
+    conversation_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class _PlaybackDone:
     """Everything of the last reply has been played (and the echo tail has passed)."""
     turn: int
@@ -494,9 +500,9 @@ class Daemon:
         self.summary.reply_byte_to_sound_ms.append((t_played - t_received) * 1000)
         if turn.speech_end_t is not None:
             self.summary.speech_end_to_sound_ms.append((t_played - turn.speech_end_t) * 1000)
-            log.info("reply sounding %.0f ms after the child stopped",
-                     (t_played - turn.speech_end_t) * 1000,
-                     extra={"TALKIE_EVENT": "latency"})
+            ms = (t_played - turn.speech_end_t) * 1000
+            log.info("reply sounding %.0f ms after the child stopped", ms,
+                     extra={"TALKIE_EVENT": "latency", "TALKIE_LATENCY_MS": round(ms)})
 
     # --- conversations -----------------------------------------------------------------------
 
@@ -537,10 +543,12 @@ class Daemon:
         from device.history.store import HistoryError
         assert self._history is not None
         try:
-            return await self._history.start_conversation(
+            cid = await self._history.start_conversation(
                 metadata={"child": self.cfg.child.name, "model": self.cfg.live.model})
         except HistoryError:
             return None  # logged by the store; the toy keeps talking
+        self.post(ConversationOpened(cid))
+        return cid
 
     async def _save_turn(self, conversation: asyncio.Task[str | None], turn: Turn) -> None:
         from device.history.store import HistoryError
@@ -552,7 +560,8 @@ class Daemon:
         timings = {k: v for k, v in {
             "speech_end_to_reply_ms": _ms(turn.speech_end_t, turn.first_reply_t),
             "speech_end_to_sound_ms": _ms(turn.speech_end_t, turn.first_sound_t),
-            "reply_s": turn.reply_bytes / (2 * REPLY_RATE)}.items() if v is not None}
+            "reply_s": turn.reply_bytes / (2 * REPLY_RATE),
+            "interrupted": 1.0 if turn.interrupted else None}.items() if v is not None}
         try:
             await self._history.add_turn(cid, turn.child_text.strip(), turn.toy_text.strip(),
                                          timings, turn.usage)
@@ -585,6 +594,12 @@ class Daemon:
         if task is not None:
             self._count_talk()
         conversation, self._conversation = self._conversation, None
+        turn = self._turn
+        if self._awaiting_reply and conversation is not None and self._history is not None \
+                and (turn.child_text.strip() or turn.toy_text.strip()):
+            # Cut off mid-reply (SIGTERM, long press, link lost): keep what was said so far.
+            turn.interrupted = True
+            self._spawn(self._save_turn(conversation, turn), write=True)
         if conversation is not None:
             # finished in the background, but `flush()` waits for it before exit
             self._spawn(self._close_history_conversation(conversation), write=True)

@@ -100,6 +100,26 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class LogContext(logging.Filter):
+    """What the box is doing now, stamped on every record as TALKIE_STATE and TALKIE_SESSION
+    (the history conversation id) while known, so `journalctl TALKIE_SESSION=...` shows one
+    conversation, library warnings included. A field given in `extra=` wins.
+
+    The daemon sets `state` and `session` from the event loop; records from other threads
+    read whatever was set last, which is what they happened during."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state: str | None = None
+        self.session: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in ((STATE, self.state), (SESSION, self.session)):
+            if value is not None and getattr(record, key, None) is None:
+                setattr(record, key, value)
+        return True
+
+
 class _StderrFormatter(logging.Formatter):
     """`time level logger: message key=value ...` with the TALKIE_* fields at the end."""
 
@@ -129,6 +149,7 @@ def setup_logging(
     logger_name: str | tuple[str, ...] = ("device", "talkie"),
     journal_sender: Any = None,
     library_level: int | str = logging.WARNING,
+    context: LogContext | None = None,
 ) -> Redactor:
     """Send our loggers (`device.*`, `talkie`) at `level`, every library's at `library_level`
     (google-genai, websockets, ...), through one redacting handler; return its Redactor.
@@ -141,7 +162,8 @@ def setup_logging(
     `journal=None` picks journald under systemd and stderr otherwise; True without
     systemd-python falls back to stderr with a warning. Call `redactor.add(api_key)` as soon
     as the key is read. Calling again replaces the handlers set up before. `journal_sender`
-    replaces `systemd.journal.send` (tests capture what would reach journald)."""
+    replaces `systemd.journal.send` (tests capture what would reach journald). `context`
+    stamps the daemon's state and session on every record (see LogContext)."""
     redactor = redactor or Redactor()
     if journal is None:
         journal = under_systemd()
@@ -161,6 +183,8 @@ def setup_logging(
     if handler is None:
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(_StderrFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if context is not None:
+        handler.addFilter(context)  # before redaction, which then covers its fields too
     handler.addFilter(RedactingFilter(redactor))
     handler._talkie = True  # type: ignore[attr-defined]  # marks ours for replacement
 

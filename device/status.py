@@ -230,9 +230,12 @@ async def read_wifi(nmcli: str = "nmcli", proc: Path = Path("/proc/net/wireless"
             "--rescan", "no", stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL, stdin=asyncio.subprocess.DEVNULL)
         try:
-            out, _ = await asyncio.wait_for(p.communicate(), timeout)
-        except TimeoutError:
-            p.kill()
+            async with asyncio.timeout(timeout):  # not wait_for: 3.11's can swallow a cancel
+                out, _ = await p.communicate()
+        except (TimeoutError, asyncio.CancelledError):
+            # a hung nmcli, or the daemon stopping: leave no child process behind
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
             await p.wait()
             raise
         if p.returncode == 0:

@@ -199,3 +199,35 @@ def test_redactor_patterns_leave_ordinary_text() -> None:
     assert r("monkey=1 key=abc123&x=2") == "monkey=1 key=abc123&x=2"  # only query-style key=
     assert r("https://h/p?key=abc123&x=2") == f"https://h/p?key={REDACTED}&x=2"
     assert r("api_key: 'zzz999'") == f"api_key: '{REDACTED}'"
+
+
+def test_context_stamps_state_and_session_on_every_record() -> None:
+    """The daemon's LogContext: every record reaching the journal while a conversation runs
+    carries TALKIE_STATE and TALKIE_SESSION, library records too, so
+    `journalctl TALKIE_SESSION=<id>` shows one conversation; a field given explicitly wins,
+    and nothing is stamped while unknown."""
+    from device.logs import LogContext
+
+    sent: list[dict[str, Any]] = []
+    context = LogContext()
+    setup_logging(logging.INFO, journal=True, context=context, logger_name="device.t4",
+                  journal_sender=lambda MESSAGE, **f: sent.append({"MESSAGE": MESSAGE, **f}))
+    log = logging.getLogger("device.t4")
+    log.info("booting")
+    context.state = "listening"
+    context.session = "0b7e7c1e-conv"
+    log.info("heard something")
+    logging.getLogger("websockets.client").warning("keepalive ping timeout")
+    log_event(log, "reconnect", "Live reconnect", state="connecting")
+    context.state, context.session = "idle", None
+    log.info("back to sleep")
+
+    by_msg = {r["MESSAGE"]: r for r in sent}
+    assert "TALKIE_STATE" not in by_msg["booting"] and "TALKIE_SESSION" not in by_msg["booting"]
+    for msg in ("heard something", "keepalive ping timeout"):
+        assert by_msg[msg]["TALKIE_STATE"] == "listening", by_msg[msg]
+        assert by_msg[msg]["TALKIE_SESSION"] == "0b7e7c1e-conv"
+    assert by_msg["Live reconnect"]["TALKIE_STATE"] == "connecting"  # explicit wins
+    assert by_msg["Live reconnect"]["TALKIE_EVENT"] == "reconnect"
+    assert by_msg["back to sleep"]["TALKIE_STATE"] == "idle"
+    assert "TALKIE_SESSION" not in by_msg["back to sleep"]

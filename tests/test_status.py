@@ -195,6 +195,33 @@ async def test_read_wifi_runs_nmcli_and_falls_back(tmp_path: Path) -> None:
     assert await read_wifi(str(tmp_path / "missing-nmcli"), proc=tmp_path / "none") == WifiInfo()
 
 
+async def test_read_wifi_hung_nmcli_times_out_or_cancels_without_leftovers(tmp_path: Path) -> None:
+    """A hung nmcli: the timeout falls back to /proc, and a shutdown cancel is not swallowed;
+    either way the nmcli process is killed, not left behind."""
+    import asyncio
+    nmcli = tmp_path / "nmcli"
+    pids = tmp_path / "pids"
+    nmcli.write_text(f"#!/bin/sh\necho $$ >> {pids}\nexec sleep 30\n")
+    nmcli.chmod(0o755)
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+    assert await read_wifi(str(nmcli), proc=tmp_path / "none", timeout=0.5) == WifiInfo()
+    task = asyncio.create_task(read_wifi(str(nmcli), proc=tmp_path / "none", timeout=30))
+    while len(pids.read_text().split()) < 2:
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for pid in map(int, pids.read_text().split()):
+        assert not alive(pid), f"nmcli {pid} left running"
+
+
 def _logs(argv: list[str], path_env: str) -> subprocess.CompletedProcess[str]:
     code = ("import sys, argparse; from device.status_cli import add_commands;"
             "p = argparse.ArgumentParser(prog='talkie');"

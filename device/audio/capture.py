@@ -167,7 +167,8 @@ class SoundDeviceMicrophone:
         """Frames as they are captured; survives the device failing and coming back."""
         while True:
             try:
-                item = await asyncio.wait_for(self._queue.get(), self.stall_s)
+                async with asyncio.timeout(self.stall_s):  # 3.11 wait_for can eat a cancel
+                    item = await self._queue.get()
             except TimeoutError:
                 # A read that never returns (an unplugged USB mic, a vanished PulseAudio
                 # source) raises nothing: silence from the device for this long is a failure.

@@ -155,7 +155,8 @@ class SoundDeviceSpeaker(BufferedSpeaker):
     async def _supervise(self) -> None:
         while True:
             try:
-                exc: BaseException = await asyncio.wait_for(self._failed.get(), 0.5)
+                async with asyncio.timeout(0.5):  # 3.11 wait_for can eat a cancel
+                    exc: BaseException = await self._failed.get()
             except TimeoutError:
                 # A write that never returns (a vanished device or sound server) raises
                 # nothing: a device that takes no audio for this long has failed.

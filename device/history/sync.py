@@ -138,8 +138,9 @@ class SyncClient:
                 # Re-check after clearing: a write between the send and the clear is not missed.
                 if await self.store.outbox_size() == 0:
                     try:
-                        await asyncio.wait_for(self.store.changed.wait(),
-                                               self.settings.idle_poll_s)
+                        # asyncio.timeout: 3.11's wait_for can swallow our cancellation
+                        async with asyncio.timeout(self.settings.idle_poll_s):
+                            await self.store.changed.wait()
                     except TimeoutError:
                         pass
 
