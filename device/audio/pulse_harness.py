@@ -1,0 +1,366 @@
+"""A private PulseAudio server: null-sink speakers and pipe-source microphones.
+
+Used by the tests, the benches and `talkie simulate --audio pulse`, so real PortAudio runs
+end to end on a machine with no sound card (CI, a laptop over SSH).
+
+PortAudio (libportaudio2) speaks ALSA; ALSA reaches PulseAudio through the 'pulse' plugin
+(Debian package libasound2-plugins, pulled in by pulseaudio). The server here is started with
+its own runtime dir, HOME and socket, so it never touches a desktop's session, and runs as
+root too (`--system=false`, anonymous auth on its own socket). `PULSE_SERVER` points libpulse
+(inside the ALSA plugin) at it, and PortAudio is re-initialised so it sees the devices.
+
+Devices, per rate R in `rates`: sink `spkR` (record its `spkR.monitor`), source `micR` fed
+from a FIFO by a writer thread in real time (speech when given, silence otherwise).
+`use(R)` makes them the defaults, which is what PortAudio's 'pulse' and 'default' devices use.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+
+
+class PulseError(RuntimeError):
+    pass
+
+
+class PipeFeeder:
+    """Writes a pipe source's FIFO at real-time pace: queued audio first, silence otherwise."""
+
+    CHUNK_MS = 10
+
+    def __init__(self, fifo: Path, rate: int) -> None:
+        self.rate = rate
+        self._fifo = fifo
+        self._queue: queue.Queue[np.ndarray] = queue.Queue()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._fd: int | None = None
+        self._thread = threading.Thread(target=self._run, name=f"pulse-feed-{rate}", daemon=True)
+        #: monotonic time the first sample of the last `feed()` went into the FIFO.
+        self.started_at: float | None = None
+
+    def start(self) -> None:
+        # O_RDWR: opening never blocks even before PulseAudio has the reading end.
+        self._fd = os.open(self._fifo, os.O_RDWR | os.O_NONBLOCK)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def feed(self, samples: np.ndarray) -> None:
+        """Queue int16 mono samples at this source's rate, played after what is queued."""
+        self._idle.clear()
+        self._queue.put(np.asarray(samples, np.int16))
+
+    def clear(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until everything fed has been written."""
+        return self._idle.wait(timeout)
+
+    def _run(self) -> None:
+        n = self.rate * self.CHUNK_MS // 1000
+        silence = np.zeros(n, np.int16)
+        pending = np.zeros(0, np.int16)
+        deadline = time.monotonic()
+        while not self._stop.is_set():
+            if len(pending) < n:
+                try:
+                    nxt = self._queue.get_nowait()
+                    if not len(pending):
+                        self.started_at = max(deadline, time.monotonic())
+                    pending = np.concatenate((pending, nxt))
+                except queue.Empty:
+                    pass
+            if len(pending):
+                chunk = pending[:n]
+                pending = pending[n:]
+                if len(chunk) < n:
+                    chunk = np.concatenate((chunk, silence[:n - len(chunk)]))
+                if not len(pending) and self._queue.empty():
+                    self._idle.set()
+            else:
+                chunk = silence
+            assert self._fd is not None
+            try:
+                os.write(self._fd, chunk.tobytes())
+            except BlockingIOError:
+                pass   # nobody records the mic: the FIFO is full, and a real mic drops too
+            deadline += n / self.rate
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -0.5:
+                deadline = time.monotonic()
+
+
+class MonitorRecorder:
+    """Records a sink's monitor with parec for the whole session (sample times +-10 ms).
+
+    It runs from server start because a low-latency reader of the monitor is what makes the
+    null sink run in small blocks: with nobody asking for low latency, module-null-sink renders
+    2 s ahead and a low-latency PortAudio stream gets starved. `Recording` views take slices.
+    """
+
+    KEEP_S = 120
+
+    def __init__(self, server: PulseServer, sink: str, rate: int) -> None:
+        self.rate = rate
+        self._proc = subprocess.Popen(
+            ["parec", f"--device={sink}.monitor", f"--rate={rate}", "--channels=1",
+             "--format=s16le", "--latency-msec=5", "--raw"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=server.env(),
+            preexec_fn=_die_with_parent)  # noqa: PLW1509
+        self._chunks: list[bytes] = []
+        self._base = 0                                # samples dropped from the front
+        self._marks: list[tuple[int, float]] = []     # (samples so far, arrival time)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, name=f"parec-{sink}", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        total = 0
+        carry = b""
+        while True:
+            data = os.read(fd, 4096)
+            t = time.monotonic()
+            if not data:
+                return
+            data = carry + data
+            cut = len(data) - len(data) % 2
+            data, carry = data[:cut], data[cut:]
+            total += len(data) // 2
+            with self._lock:
+                self._chunks.append(data)
+                self._marks.append((total, t))
+                while total - self._base > self.KEEP_S * self.rate and len(self._chunks) > 1:
+                    self._base += len(self._chunks.pop(0)) // 2
+                    self._marks.pop(0)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return self._marks[-1][0] if self._marks else 0
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=5)
+        self._thread.join(timeout=2)
+
+    def since(self, start: int) -> np.ndarray:
+        with self._lock:
+            data = b"".join(self._chunks)
+            base = self._base
+        return np.frombuffer(data, np.int16)[max(0, start - base):].copy()
+
+    def time_of(self, index: int) -> float:
+        """Approximate monotonic time sample `index` left the sink."""
+        with self._lock:
+            for total, t in self._marks:
+                if total > index:
+                    return t - (total - 1 - index) / self.rate
+        raise IndexError(index)
+
+
+class Recording:
+    """What a sink played from the moment `PulseServer.record()` was called."""
+
+    def __init__(self, recorder: MonitorRecorder) -> None:
+        self.rate = recorder.rate
+        self._rec = recorder
+        self._start = recorder.total
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def samples(self) -> np.ndarray:
+        """Everything the sink played since the recording began, int16 mono."""
+        return self._rec.since(self._start)
+
+    def time_of(self, index: int) -> float:
+        """Monotonic time (+-10 ms) at which sample `index` of `samples()` was played."""
+        return self._rec.time_of(self._start + index)
+
+
+class PulseServer:
+    """A private PulseAudio server with null sinks and pipe sources at the given rates."""
+
+    def __init__(self, root: Path, rates: tuple[int, ...] = (48_000, 44_100)) -> None:
+        self.root = Path(root)
+        self.rates = rates
+        self.socket = self.root / "native"
+        self.feeders: dict[int, PipeFeeder] = {}
+        self.recorders: dict[int, MonitorRecorder] = {}
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self.rate = rates[0]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(PULSE_SERVER=f"unix:{self.socket}", HOME=str(self.root),
+                   XDG_RUNTIME_DIR=str(self.root), PULSE_RUNTIME_PATH=str(self.root / "rt"))
+        return env
+
+    def start(self) -> None:
+        for tool in ("pulseaudio", "pactl", "parec"):
+            if not shutil.which(tool):
+                raise PulseError(f"{tool} is missing: apt-get install pulseaudio pulseaudio-utils "
+                                 f"libasound2-plugins")
+        self.root.mkdir(parents=True, exist_ok=True)
+        lines = [f"load-module module-native-protocol-unix auth-anonymous=1 socket={self.socket}",
+                 # pacmd (kill-source-output etc.) talks to this; it finds it by the pid file.
+                 "load-module module-cli-protocol-unix"]
+        for r in self.rates:
+            lines.append(f"load-module module-null-sink sink_name=spk{r} rate={r} channels=2")
+            lines.append(f"load-module module-pipe-source source_name=mic{r} "
+                         f"file={self.root}/mic{r}.fifo rate={r} channels=1 format=s16le")
+        script = self.root / "test.pa"
+        script.write_text("\n".join(lines) + "\n")
+        self._log = open(self.root / "pulseaudio.log", "wb")  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--system=false",
+             "--disallow-exit", "--use-pid-file=yes", "--disable-shm=yes", "-F", str(script),
+             "--log-target=stderr", "--log-level=notice"],
+            env=self.env(), stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent)  # noqa: PLW1509
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise PulseError("pulseaudio exited at start:\n" + self.log_text())
+            if self.socket.exists() and self.pactl("info", check=False).returncode == 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise PulseError("pulseaudio did not come up in 15 s:\n" + self.log_text())
+        for r in self.rates:
+            f = PipeFeeder(self.root / f"mic{r}.fifo", r)
+            f.start()
+            self.feeders[r] = f
+            self.recorders[r] = MonitorRecorder(self, f"spk{r}", r)
+        # Until the recorder asked for 5 ms, the null sink ran 2 s ahead of real time; a
+        # suspend/resume restarts its clock at "now" with the small blocks.
+        time.sleep(0.3)
+        for r in self.rates:
+            self.pactl("suspend-sink", f"spk{r}", "1")
+            self.pactl("suspend-sink", f"spk{r}", "0")
+        for k, v in self.env().items():
+            if k.startswith(("PULSE_", "XDG_RUNTIME")):
+                self._saved_env[k] = os.environ.get(k)
+                os.environ[k] = v
+        self.use(self.rates[0])
+        reinit_portaudio()
+
+    def stop(self) -> None:
+        for f in self.feeders.values():
+            f.stop()
+        for rec in self.recorders.values():
+            rec.stop()
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+            self._log.close()
+        for k, v in self._saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    def log_text(self) -> str:
+        try:
+            return (self.root / "pulseaudio.log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def pactl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["pactl", *args], env=self.env(), capture_output=True, text=True,
+                              check=check, timeout=10)
+
+    def pacmd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """pacmd, for what pactl cannot do (e.g. kill-source-output)."""
+        return subprocess.run(["pacmd", *args], env=self.env(), capture_output=True, text=True,  # noqa: PLW1510
+                              timeout=10)
+
+    def use(self, rate: int) -> None:
+        """Make the `rate` sink and source the defaults (what PortAudio's 'pulse' opens)."""
+        self.pactl("set-default-sink", f"spk{rate}")
+        self.pactl("set-default-source", f"mic{rate}")
+        self.rate = rate
+
+    def reset(self) -> None:
+        for f in self.feeders.values():
+            f.clear()
+        self.use(self.rates[0])
+
+    def feed(self, samples: np.ndarray, rate: int | None = None) -> PipeFeeder:
+        """Speak int16 mono `samples` (at the source's rate) into the mic `micRATE`."""
+        feeder = self.feeders[rate or self.rate]
+        feeder.feed(samples)
+        return feeder
+
+    def record(self, rate: int | None = None) -> Recording:
+        """What sink `spkRATE` plays from now on (mono, at that rate; +-10 ms timestamps)."""
+        return Recording(self.recorders[rate or self.rate])
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies, so no server outlives a run."""
+    import ctypes
+    import signal
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+
+
+def reinit_portaudio() -> None:
+    """Make PortAudio enumerate devices again (it does so only at initialisation)."""
+    import sounddevice as sd
+    sd._terminate()
+    sd._initialize()
+
+
+def espeak(text: str, rate: int = 16_000, voice: str = "en-us", pitch: int = 50,
+           speed: int = 160) -> np.ndarray:
+    """Speech from espeak-ng as int16 mono at `rate`."""
+    import io
+    import wave
+
+    import soxr
+    out = subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed),
+                          "--stdout", text], capture_output=True, check=True, timeout=30).stdout
+    with wave.open(io.BytesIO(out)) as w:
+        src = w.getframerate()
+        x = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    if src != rate:
+        x = soxr.resample(x.astype(np.float32) / 32768, src, rate)
+        x = (np.clip(x, -1, 0.99997) * 32768).astype(np.int16)
+    return x
