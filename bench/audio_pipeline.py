@@ -92,7 +92,7 @@ async def wav_flush_latency() -> float:
 
 async def pulse_flush_latencies(runs: int = 5) -> tuple[list[float], float, list[float]]:
     from device.audio.playback import SoundDeviceSpeaker
-    from tests.pulse import PulseServer
+    from device.audio.pulse_harness import PulseServer
     out: list[float] = []
     errors: list[float] = []
     with tempfile.TemporaryDirectory() as d:

@@ -6,9 +6,9 @@
 
 What systemd waits for with Type=notify: the box as `talkie run` starts it (built-in Live
 simulator, mock pins, history in a temporary directory) with WAV audio, then with real
-PortAudio on a private PulseAudio server (tests/pulse.py). Prints p50/p95 of each, a bare
-interpreter that sends READY=1 at once as the floor, and the import time of the heavy modules
-(google.genai dominates) in a fresh interpreter, minus `python -c pass`.
+PortAudio on a private PulseAudio server (device/audio/pulse_harness.py). Prints p50/p95 of
+each, a bare interpreter that sends READY=1 at once as the floor, and the import time of the
+heavy modules (google.genai dominates) in a fresh interpreter, minus `python -c pass`.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def main() -> int:
             xs = [time_to_ready([*run, str(box_config(d, "wav"))]) for _ in range(args.runs)]
             print(f"  talkie run, WAV audio, mock pins     {summary(xs)}")
         if not args.no_pulse and not cmd:
-            from tests.pulse import PulseServer
+            from device.audio.pulse_harness import PulseServer
             server = PulseServer(d / "pulse")
             server.start()
             try:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-# --- audio: a private PulseAudio server (see tests/pulse.py) -------------------------------
+# --- audio: a private PulseAudio server (see device/audio/pulse_harness.py) ----------------
 
 @pytest.fixture(scope="session")
 def pulse_server(tmp_path_factory: pytest.TempPathFactory):
     """One private PulseAudio server for the session: spk48000/mic48000, spk44100/mic44100."""
-    from tests.pulse import PulseServer
+    from device.audio.pulse_harness import PulseServer
     server = PulseServer(tmp_path_factory.mktemp("pulse"))
     server.start()
     try:
@@ -23,7 +23,7 @@ def pulse(pulse_server):
     """The PulseAudio server, reset: 48 kHz devices are the defaults, nothing queued to feed.
 
     Open devices 'pulse' with AudioConfig(input="pulse", output="pulse"). Speak into the mic
-    with `pulse.feed(int16_samples_at_48k)` (tests.pulse.espeak makes speech), hear the
+    with `pulse.feed(int16_samples_at_48k)` (`pulse_harness.espeak` makes speech), hear the
     speaker with `with pulse.record() as rec: ...; rec.samples(); rec.time_of(i)`, switch to
     the 44.1 kHz pair with `pulse.use(44100)`.
     """

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from device.live.simulator import Simulator
-from tests.pulse import espeak
+from device.audio.pulse_harness import espeak
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16_000

@@ -20,7 +20,7 @@ from device.config import AudioConfig
 from device.errors import AudioDeviceError
 from device.events import SpeechAudio, SpeechEnd, SpeechStart
 from tests.audio_helpers import mix_at_snr, pitch, speech_bounds, tone
-from tests.pulse import espeak
+from device.audio.pulse_harness import espeak
 
 
 def _write_wav(path, x: np.ndarray, rate: int, channels: int = 1) -> None:

@@ -16,7 +16,7 @@ from device.config import AudioConfig
 from device.errors import AudioDeviceError
 from device.events import SpeechAudio, SpeechEnd, SpeechStart
 from tests.audio_helpers import align, pitch, speech_bounds, tone
-from tests.pulse import espeak
+from device.audio.pulse_harness import espeak
 
 
 def _cfg(**kw) -> AudioConfig:

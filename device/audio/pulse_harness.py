@@ -42,6 +42,8 @@ class PipeFeeder:
         self._fifo = fifo
         self._queue: queue.Queue[np.ndarray] = queue.Queue()
         self._stop = threading.Event()
+        self._drop = threading.Event()
+        self._dropped = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
         self._fd: int | None = None
@@ -67,11 +69,17 @@ class PipeFeeder:
         self._queue.put(np.asarray(samples, np.int16))
 
     def clear(self) -> None:
+        """Forget everything not yet heard: the queue, and (in the writer thread) the part
+        of a feed being written and what sits in the FIFO. Without that, a source nobody
+        recorded hands the next reader up to 0.7 s of an earlier test's audio."""
         while True:
             try:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
+        self._dropped.clear()
+        self._drop.set()
+        self._dropped.wait(1.0)   # so a feed right after this is never dropped with the rest
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until everything fed has been written."""
@@ -83,6 +91,12 @@ class PipeFeeder:
         pending = np.zeros(0, np.int16)
         deadline = time.monotonic()
         while not self._stop.is_set():
+            if self._drop.is_set():
+                self._drop.clear()
+                pending = pending[:0]
+                self._drain()
+                self._idle.set()
+                self._dropped.set()
             if len(pending) < n:
                 try:
                     nxt = self._queue.get_nowait()
@@ -111,6 +125,14 @@ class PipeFeeder:
                 time.sleep(delay)
             elif delay < -0.5:
                 deadline = time.monotonic()
+
+    def _drain(self) -> None:
+        assert self._fd is not None
+        try:
+            while os.read(self._fd, 65536):
+                pass
+        except BlockingIOError:
+            pass
 
 
 class MonitorRecorder:
