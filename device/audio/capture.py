@@ -42,6 +42,35 @@ log = logging.getLogger(__name__)
 StateCallback = Callable[[str, AudioDeviceError | None], None]
 
 
+class SampleClock:
+    """Capture times from the count of samples, anchored to the times blocks were read.
+
+    A blocking read returns late now and then and several blocks at once after a hiccup, so
+    the time a read returned is a noisy upper bound of when its last sample was captured. The
+    sample count is exact: times advance by it, and the anchor follows the earliest read seen
+    (a late read never moves it). A gap (lost samples, a device reopened) moves it forward.
+    Frame times therefore always increase, one frame length apart while nothing is lost.
+    """
+
+    GAP_S = 0.05        # reads this much later than the count predicts: samples were lost
+    STEP_S = 0.005      # an earlier read moves the anchor back at most this much per block
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._origin: float | None = None
+        self._samples = 0
+
+    def first_of(self, n: int, t_read: float) -> float:
+        """Time of the first of `n` samples whose last was read at `t_read`."""
+        self._samples += n
+        seen = t_read - self._samples / self.rate
+        if self._origin is None or seen - self._origin > self.GAP_S:
+            self._origin = seen
+        elif seen < self._origin:
+            self._origin = max(seen, self._origin - self.STEP_S)
+        return self._origin + (self._samples - n) / self.rate
+
+
 class SoundDeviceMicrophone:
     """A PortAudio input as a Microphone: 20 ms, 16 kHz mono frames with capture times.
 
@@ -94,6 +123,7 @@ class SoundDeviceMicrophone:
         self.device_rate = rate
         self._resampler = Resampler(rate, MIC_RATE)
         self._cutter = FrameCutter()
+        self._clock = SampleClock(MIC_RATE)
         # A fresh stop flag per thread: a thread stuck in a dead device must not be revived.
         self._stop = stop = threading.Event()
         started = threading.Event()
@@ -181,11 +211,9 @@ class SoundDeviceMicrophone:
             data, t_read = item
             mono = pick_channel(data, self.channel) if data.ndim > 1 else data
             out = self._resampler.process(mono.reshape(-1))
-            frames = self._cutter.push(out)
-            pending = self._cutter.pending
-            for k, f in enumerate(frames):
-                later = (len(frames) - 1 - k) * len(f) + pending
-                yield MicFrame(f.tobytes(), t_read - later / MIC_RATE)
+            first = self._clock.first_of(len(out), t_read) - self._cutter.pending / MIC_RATE
+            for k, f in enumerate(self._cutter.push(out)):
+                yield MicFrame(f.tobytes(), first + k * len(f) / MIC_RATE)
 
     async def _recover(self, exc: BaseException) -> None:
         err = translate(exc, "input", self._label, self.rate) \
