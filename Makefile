@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# pytest-xdist workers for `make test`; each has its own PulseAudio and PostgreSQL.
+TEST_JOBS ?= 4
 
 # The demo runs on WAV files and the built-in simulator: only a venv is needed.
 # espeak-ng makes the child's voice and the toy's; without it both are tones.
@@ -30,7 +32,7 @@ demo: $(VENV)/.demo
 	$(PY) -m device demo
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS)
 
 # A 30-minute conversation (faster than real time) switched by goAway every turn.
 soak-live: $(VENV)/.test
