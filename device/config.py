@@ -86,6 +86,9 @@ class AudioConfig:
                                 "clipped.", lo=500, hi=2000)
     hangover_ms: int = _key(600, "Silence after speech before the turn is declared over.",
                             lo=100, hi=3000)
+    tail_ms: int = _key(300, "Of that silence, only this much is streamed when the turn ends; "
+                             "a pause's silence beyond it is held and streamed only if speech "
+                             "resumes.", lo=0, hi=3000)
     min_speech_ms: int = _key(120, "Shorter sounds (clicks, bumps) are not speech.", lo=0, hi=2000)
     barge_in: str = _key("button", "How the child interrupts the toy: 'button' (the mic is gated "
                                    "while the toy speaks) or 'voice' (needs echo_canceller).",

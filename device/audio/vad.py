@@ -6,10 +6,13 @@ stays on in steady noise. The gate around it:
 
 - keeps a pre-roll ring (>= 500 ms) and sends it first, so the first syllable is never lost;
 - starts only after `min_speech_ms` of speech within a short window (a click is not speech);
-- keeps streaming for `hangover_ms` after the last speech frame, bridging pauses;
+- keeps streaming for `hangover_ms` after the last speech frame, bridging pauses; of a pause
+  only the first `tail_ms` goes out at once, the rest is held and sent only if speech resumes
+  (so the audio stays one piece), and a turn's end sends just `tail_ms` of its silence;
 - counts a frame as speech only if it is also louder than an adaptive noise floor (the
   quietest moment of the last 2 s) by `noise_guard_db`, so a fan or hum that webrtcvad
-  mistakes for voice cannot hold it open;
+  mistakes for voice cannot hold it open, and louder than the room's usual peaks, learned
+  while the gate is idle (and again when the room keeps re-opening it: `_restart`);
 - is `muted` while the box speaks (half duplex), unless an echo canceller is in front of it.
 """
 
@@ -49,6 +52,9 @@ class GateSettings:
     aggressiveness: int = 2
     preroll_ms: int = 700
     hangover_ms: int = 600
+    #: Of the hangover, only this much is sent when a turn ends; the rest of a pause is held
+    #: and sent only if speech resumes (then the audio stays one piece).
+    tail_ms: int = 300
     min_speech_ms: int = 120
     #: A frame must be this many dB above the noise floor to count as speech.
     noise_guard_db: float = 4.0
@@ -62,6 +68,9 @@ class GateSettings:
     peak_percentile: float = 93.0
     #: After this long without a 300 ms pause, the room's peaks are re-learned (_is_speech).
     relearn_after_ms: int = 5_000
+    #: This many starts in a row, each within `start_window_ms` of the last end, on audio
+    #: mostly no louder than the room's peaks: the room is re-learned (_restart).
+    quick_restarts: int = 2
 
 
 def _settings_from(cfg: object) -> GateSettings:
@@ -72,6 +81,7 @@ def _settings_from(cfg: object) -> GateSettings:
         aggressiveness=getattr(cfg, "vad_aggressiveness", g.aggressiveness),
         preroll_ms=getattr(cfg, "preroll_ms", g.preroll_ms),
         hangover_ms=getattr(cfg, "hangover_ms", g.hangover_ms),
+        tail_ms=getattr(cfg, "tail_ms", g.tail_ms),
         min_speech_ms=getattr(cfg, "min_speech_ms", g.min_speech_ms),
         noise_guard_db=getattr(cfg, "vad_noise_guard_db", g.noise_guard_db),
         start_window_ms=max(getattr(cfg, "min_speech_ms", g.min_speech_ms) * 2, g.start_window_ms),
@@ -115,6 +125,7 @@ class VadGate:
         self._muted = False
         self._active = False
         self._ring: collections.deque[tuple[MicFrame, bool]] = collections.deque()
+        self._held: list[MicFrame] = []    # a pause's frames past tail_ms, sent if speech resumes
         self._silence_ms = 0.0
         self._floor_db: float | None = None
         self._last_db: float | None = None
@@ -128,6 +139,10 @@ class VadGate:
         self._idle_count = 0
         self._idle_p90: float | None = None
         self._far: collections.deque[bytes] = collections.deque(maxlen=50)
+        # Levels since the gate last started after a real rest, and the quick restarts since.
+        self._run_db: collections.deque[float] = collections.deque(maxlen=500)
+        self._quick_starts = 0
+        self._end_frame = -(1 << 30)
         #: Frames seen, frames streamed, starts: for status and benches.
         self.frames_in = 0
         self.frames_out = 0
@@ -172,34 +187,62 @@ class VadGate:
         if self._muted:
             if self._active:
                 self._active = False
+                self._held.clear()
                 return [SpeechEnd(frame.t)]
             return []
         speech = self._is_speech(pcm)
         if self._active:
-            out: list[GateEvent] = [SpeechAudio(pcm, frame.t)]
-            self.frames_out += 1
-            self._silence_ms = 0.0 if speech else self._silence_ms + frame_ms
+            out: list[GateEvent] = []
+            if speech:
+                # Speech again: the held part of the pause goes first, so nothing is missing.
+                out += [SpeechAudio(f.pcm, f.t) for f in self._held]
+                self._held.clear()
+                self._silence_ms = 0.0
+            else:
+                self._silence_ms += frame_ms
+            if speech or self._silence_ms <= s.tail_ms:
+                out.append(SpeechAudio(pcm, frame.t))
+            else:
+                self._held.append(frame)
+            self.frames_out += len(out)
             if self._silence_ms >= 300:
                 self._active_frames = 0   # a real pause: this is not a never-ending noise
             if self._silence_ms >= s.hangover_ms:
                 self._active = False
+                # The turn is over and the rest of the pause is not sent with it; it becomes
+                # the next start's pre-roll (a child may go on just as the hangover ends).
+                self._ring.extend((f, False) for f in self._held)
+                self._held.clear()
+                self._end_frame = self.frames_in
                 out.append(SpeechEnd(frame.t))
             return out
         self._ring.append((frame, speech))
         window = int(s.start_window_ms / frame_ms)
-        keep = int(s.preroll_ms / frame_ms) + window
+        preroll = int(s.preroll_ms / frame_ms)
+        # Room for a pre-roll before a slow start's first speech frame (see below).
+        keep = 2 * preroll + window
         while len(self._ring) > keep:
             self._ring.popleft()
         recent = list(self._ring)[-window:]
         if self._idle_p90 is None or sum(sp for _, sp in recent) * frame_ms < s.min_speech_ms:
             return []
         self._pending_db.clear()   # those frames were speech, not the room
+        # Quick: this start's pre-roll window reaches back to the last end.
+        self._restart(quick=self.frames_in - self._end_frame <= preroll + window)
         self._active_db.clear()
         self._active_frames = 0
         # Speech: send the pre-roll (preroll_ms before the first speech frame) and what follows.
+        # Quiet speech in noise can take a second to gather min_speech_ms; its first speech
+        # frame is the earliest one linked to the window's by gaps shorter than the window,
+        # not the window's own first (that clipped a word's start in babble at 5 dB).
         frames = list(self._ring)
         first = len(frames) - len(recent) + next(i for i, (_, sp) in enumerate(recent) if sp)
-        start = max(0, first - int(s.preroll_ms / frame_ms))
+        k = first - 1
+        while k >= 0 and first - k <= window:
+            if frames[k][1]:
+                first = k
+            k -= 1
+        start = max(0, first - preroll)
         self._ring.clear()
         self._active = True
         self._silence_ms = 0.0
@@ -213,11 +256,34 @@ class VadGate:
     def reset(self) -> None:
         """Forget everything but the noise floor (e.g. after a conversation ends)."""
         self._ring.clear()
+        self._held.clear()
         self._active = False
         self._silence_ms = 0.0
 
+    def _restart(self, quick: bool) -> None:
+        """Background talk (a TV, people across the room) that the first second of listening
+        underrated opens the gate again and again, and while it is open nothing teaches the
+        gate the room: no idle frames. A child close to the toy is far louder than the room's
+        peaks most of the time; starts in quick succession on audio mostly below those peaks
+        are the room, so its peaks are learned again from what was heard meanwhile."""
+        s = self.settings
+        if not quick:
+            self._quick_starts = 0
+            self._run_db.clear()
+            return
+        self._quick_starts += 1
+        if self._quick_starts < s.quick_restarts or self._idle_p90 is None:
+            return
+        self._quick_starts = 0
+        if float(np.median(self._run_db)) < self._idle_p90 + s.peak_margin_db:
+            self._idle_db.clear()
+            self._idle_db.extend(self._run_db)
+            self._idle_p90 = float(np.percentile(self._idle_db, s.peak_percentile))
+        self._run_db.clear()
+
     def _is_speech(self, pcm: bytes) -> bool:
         db = voice_band_db(pcm)
+        self._run_db.append(db)
         voiced = self._vad.is_speech(pcm, MIC_RATE)
         # Minimum statistics: the floor is the quietest 40 ms over the last `floor_window_ms`.
         # Speech always has dips (between words, in stop consonants), so it barely moves the
