@@ -105,8 +105,11 @@ class AudioConfig:
                                           "open).", lo=0.0, hi=30.0)
     prefill_ms: int = _key(60, "Reply audio buffered before playback starts (jitter buffer).",
                            lo=0, hi=1000)
-    output_block_ms: int = _key(10, "Speaker block size; flush() silences within about two "
-                                    "blocks plus the device's latency.", lo=5, hi=100)
+    output_block_ms: int = _key(10, "Speaker block size; flush() silences within about a block "
+                                    "and a stream restart.", lo=5, hi=100)
+    output_latency_ms: int = _key(60, "Audio the speaker device holds ahead: more survives a busy "
+                                      "CPU without crackling, and adds to every reply's delay "
+                                      "(a flush drops it at once).", lo=5, hi=500)
 
 
 #: LED patterns a state may show (device/gpio/leds.py draws them).

@@ -103,6 +103,31 @@ async def test_flush_silences_the_sink_within_50_ms(pulse):
     assert t_last - t_flush < 0.050, f"sound went on {1000 * (t_last - t_flush):.0f} ms after flush"
 
 
+async def test_a_stalled_speaker_thread_is_an_underrun_heard_and_counted(pulse):
+    # The writer thread misses its turn for 150 ms (a CPU stall) while a reply plays: the
+    # device buffer (60 ms) runs dry, the sink goes silent, and the speaker counts it.
+    _, spk = open_audio(_cfg(output_rate=48000, volume=1.0))
+    pull, stalled = spk._pull, []
+
+    def stalling_pull(n, t_dac):
+        if not stalled and spk.stats.played_s > 0.3:
+            stalled.append(time.monotonic())
+            time.sleep(0.15)
+        return pull(n, t_dac)
+
+    spk._pull = stalling_pull
+    with pulse.record() as rec:
+        async with spk:
+            spk.write(tone(300, 1.0, REPLY_RATE).tobytes())
+            await asyncio.wait_for(spk.drain(), 5)
+    assert stalled and spk.device_underruns >= 1
+    x = rec.samples()
+    on = np.nonzero(np.abs(x) > 300)[0]
+    quiet = np.abs(x[on[0]:on[-1]]) <= 300
+    runs = np.diff(np.nonzero(np.diff(np.concatenate(([0], quiet, [0])).astype(int)))[0])[::2]
+    assert runs.max() > 0.05 * 48000, "the stall was not heard as a gap"
+
+
 @pytest.mark.parametrize("rate", [48_000, 44_100])
 async def test_device_rates_give_16k_audio_at_the_right_pitch(pulse, rate):
     pulse.use(rate)

@@ -29,5 +29,6 @@ def open_audio(cfg: AudioConfig, *, on_state: StateCallback | None = None,
                                 channel=cfg.input_channel, on_state=on_state)
     spk = SoundDeviceSpeaker(cfg.output, rate=cfg.output_rate, volume=cfg.volume,
                              max_volume=cfg.max_volume, prefill_ms=prefill_ms,
-                             block_ms=block_ms, on_state=on_state)
+                             block_ms=block_ms, latency_ms=cfg.output_latency_ms,
+                             on_state=on_state)
     return mic, spk

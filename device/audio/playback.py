@@ -5,7 +5,13 @@ Like the microphone, it uses a blocking stream written from a thread instead of 
 callback, because cffi callbacks do not work under `MemoryDenyWriteExecute=yes` (see
 capture.py). `write()` blocks the thread, not the loop, until the device has room, so the
 device's clock paces it. A block is heard `stream.latency` after it is written: that is the
-`t_played` given to `on_played`, and the most a `flush()` can still let through.
+`t_played` given to `on_played`.
+
+The device buffer (`latency_ms`, 60 ms by default) is what rides out a busy CPU: a writer
+thread that misses its turn for longer than that is a click the child hears, and PortAudio
+says so (`device_underruns`). A `flush()` (barge-in) must not wait for that buffer to play
+out, so the writer thread then aborts the stream, which drops what the device holds, and
+starts it again: silence within about a block.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import logging
 import threading
 import time
 from typing import Self
+
+import numpy as np
 
 from device.audio.buffer import BufferedSpeaker
 from device.audio.capture import StateCallback
@@ -35,8 +43,10 @@ class SoundDeviceSpeaker(BufferedSpeaker):
 
     def __init__(self, device: str = "default", *, rate: int = 0, volume: float = 0.8,
                  max_volume: float = 1.0, prefill_ms: int = 60, block_ms: int = 10,
-                 on_state: StateCallback | None = None, stall_s: float = 2.0) -> None:
+                 latency_ms: int = 60, on_state: StateCallback | None = None,
+                 stall_s: float = 2.0) -> None:
         self.device_spec = device
+        self.latency_ms = latency_ms
         self.stall_s = stall_s
         self._last_write = time.monotonic()
         self.block_ms = block_ms
@@ -44,6 +54,9 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         self.state = "closed"
         self.error: AudioDeviceError | None = None
         self.reopens = 0
+        #: Blocks PortAudio says came too late: the device ran dry (a click the child hears).
+        self.device_underruns = 0
+        self._abort = threading.Event()
         self._label = f"'{device}'"
         self._index = find_device(device, "output")
         self._label = device_label(self._index, "output")
@@ -57,6 +70,14 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         self._watch: asyncio.Task[None] | None = None
         self._failed: asyncio.Queue[BaseException] = asyncio.Queue()
         self.latency = 0.0
+
+    def flush(self) -> float:
+        """Drop queued reply audio and what the device holds of it. Returns seconds dropped."""
+        holding = time.monotonic() < self._heard_until
+        dropped = super().flush()
+        if holding:
+            self._abort.set()
+        return dropped
 
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
@@ -116,7 +137,7 @@ class SoundDeviceSpeaker(BufferedSpeaker):
             try:
                 stream = sdm.OutputStream(device=self._index, samplerate=self.device_rate,
                                           channels=channels, dtype="float32",
-                                          blocksize=block, latency="low")
+                                          blocksize=block, latency=self.latency_ms / 1000)
                 stream.start()
                 break
             except BaseException as e:  # noqa: BLE001
@@ -131,9 +152,14 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         started.set()
         try:
             while not stop.is_set():
+                if self._abort.is_set():
+                    self._abort.clear()
+                    stream.abort()   # drops what the device still holds of a flushed reply
+                    stream.start()
                 t_dac = time.monotonic() + self.latency
                 data, played = self._pull(block, t_dac)
-                stream.write(data if channels == 1 else np.repeat(data[:, None], 2, axis=1))
+                if stream.write(data if channels == 1 else np.repeat(data[:, None], 2, axis=1)):
+                    self.device_underruns += 1    # PortAudio: this block came too late
                 self._last_write = time.monotonic()
                 if played:
                     loop.call_soon_threadsafe(self._report_played, played)
