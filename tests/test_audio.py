@@ -241,6 +241,18 @@ def test_playback_buffer_prefill_flush_fade_volume_ramp_and_underruns():
     assert dropped > 0.15
     out, _ = buf.pull(480)
     assert out[96:].max() == 0, "silent within 4 ms of a flush"
+    # A new reply right after the last one ran out is no underrun; more of the same reply is.
+    buf.push(np.ones(2400, np.float32) * 0.5, t_received=2.0)
+    now[0] = 0.5
+    while buf.active:
+        buf.pull(480)
+    now[0] = 0.8
+    buf.push(np.ones(2400, np.float32) * 0.5, t_received=3.0)
+    assert buf.stats.underruns == 1
+    while buf.active:
+        buf.pull(480)
+    buf.push(np.ones(2400, np.float32) * 0.5)
+    assert buf.stats.underruns == 2
 
 
 def test_earcons_are_short_soft_distinct_and_click_free():

@@ -42,7 +42,9 @@ class PlaybackBuffer:
 
     Playback starts once `prefill_s` of audio is queued, or once the oldest queued sample has
     waited that long (so a short reply still plays). Running dry mid-reply and then receiving
-    more within a second counts as an underrun.
+    more of it within a second counts as an underrun; a chunk pushed with `t_received` starts
+    a new reply (the daemon marks each reply's first chunk), so a reply that follows another
+    closely is not one.
     """
 
     #: Volume changes glide over this long, so a knob turn never clicks.
@@ -76,7 +78,7 @@ class PlaybackBuffer:
         with self._lock:
             if not self._playing and self._queued == 0:
                 self._first_queued_at = now
-                if self._dry_at is not None and now - self._dry_at < 1.0:
+                if self._dry_at is not None and now - self._dry_at < 1.0 and t_received is None:
                     self.stats.underruns += 1
                 self._dry_at = None
             self._chunks.append(_Chunk(samples, 0, t_received, t_received is not None))
