@@ -4,8 +4,8 @@ PlaybackBuffer (jitter buffer, flush, volume ramps, earcons), into a PortAudio o
 Like the microphone, it uses a blocking stream written from a thread instead of a PortAudio
 callback, because cffi callbacks do not work under `MemoryDenyWriteExecute=yes` (see
 capture.py). `write()` blocks the thread, not the loop, until the device has room, so the
-device's clock paces it. A block is heard `stream.latency` after it is written: that is the
-`t_played` given to `on_played`.
+device's clock paces it. A block is heard `stream.latency` after it is written into a full
+device buffer (less whatever ran out meanwhile): that is the `t_played` given to `on_played`.
 
 The device buffer (`latency_ms`, 60 ms by default) is what rides out a busy CPU: a writer
 thread that misses its turn for longer than that is a click the child hears, and PortAudio
@@ -156,7 +156,10 @@ class SoundDeviceSpeaker(BufferedSpeaker):
                     self._abort.clear()
                     stream.abort()   # drops what the device still holds of a flushed reply
                     stream.start()
-                t_dac = time.monotonic() + self.latency
+                # Heard once what the device holds has played: the latency while this thread
+                # keeps it full (room for a block or so), less what ran out while it was late.
+                ran_out = max(0, stream.write_available - block) / self.device_rate
+                t_dac = time.monotonic() + max(0.0, self.latency - ran_out)
                 data, played = self._pull(block, t_dac)
                 if stream.write(data if channels == 1 else np.repeat(data[:, None], 2, axis=1)):
                     self.device_underruns += 1    # PortAudio: this block came too late
