@@ -1,7 +1,8 @@
 """`talkie`: the command line. argv is parsed here and nowhere else.
 
     talkie run [--config FILE] [--events FILE]       the daemon (systemd runs this)
-    talkie simulate --mic IN.wav --out OUT.wav ...   one conversation on WAV files
+    talkie simulate --mic IN.wav --out OUT.wav ...   one conversation on WAV files (or on
+                                                     PortAudio through PulseAudio: --audio pulse)
     talkie demo                                      a spoken demo for a newcomer
 """
 
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "daemon code")
     sim.add_argument("--mic", required=True, help="WAV file the child says (any rate)")
     sim.add_argument("--out", required=True, help="WAV file to write what the toy plays")
+    sim.add_argument("--audio", choices=("files", "pulse"), default="files",
+                     help="'files' (default): the WAV backend; 'pulse': real PortAudio through a "
+                          "private PulseAudio server, --mic spoken into its microphone in real "
+                          "time, its speaker recorded into --out (48 kHz)")
     sim.add_argument("--live-url", help="a Live-protocol server (default: the built-in "
                                         "simulator)")
     sim.add_argument("--ca-file", help="PEM certificate to trust for --live-url")
@@ -301,6 +306,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     cfg = load(args.config)
     cfg = cfg.replace(audio={"backend": "files", "input": args.mic, "output": args.out},
                       gpio={"pin_factory": "mock"})
+    pulse = (args.mic, args.out) if args.audio == "pulse" else None
     if args.fault and args.live_url:
         raise ConfigError("--fault needs the built-in simulator; drop --live-url")
     from device.live.simulator import FaultPlan
@@ -324,7 +330,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         state = Path(args.state_dir or tmp)
         cfg = cfg.replace(history={"path": str(state / "history.db")})
         summary = asyncio.run(_simulate(cfg, api_key, state=state, faults=tuple(args.fault),
-                                        steps=steps, echo=not args.json))
+                                        steps=steps, echo=not args.json, pulse=pulse))
     if args.json:
         print(json.dumps(summary))
     return 0 if summary["ok"] else 1
@@ -332,7 +338,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 async def _simulate(cfg: Config, api_key: Secret | None, *, state: Path,
                     faults: tuple[str, ...] = (), steps: list[Any] | None = None,
-                    echo: bool) -> dict[str, Any]:
+                    echo: bool, pulse: tuple[str, str] | None = None) -> dict[str, Any]:
+    """One conversation; `pulse` = (mic WAV, out WAV) puts it on PortAudio through a private
+    PulseAudio server instead of the WAV backend (`--audio pulse`)."""
     import wave
 
     try:
@@ -342,8 +350,17 @@ async def _simulate(cfg: Config, api_key: Secret | None, *, state: Path,
         raise ConfigError(f"--mic {cfg.audio.input}: not a readable WAV file ({e}); "
                           f"give a 16-bit PCM WAV") from None
     on_transcript = _print_turn if echo else None
-    async with _box(cfg, api_key, state=state, faults=faults, stop_when_mic_ends=True,
-                    on_transcript=on_transcript) as daemon:
+    async with contextlib.AsyncExitStack() as stack:
+        devices = None
+        if pulse is not None:
+            from device.audio.pulse_harness import PulseSimulation
+            devices = await stack.enter_async_context(PulseSimulation(*pulse))
+            cfg = cfg.replace(audio=devices.audio_config())
+        daemon = await stack.enter_async_context(_box(
+            cfg, api_key, state=state, faults=faults, stop_when_mic_ends=True,
+            on_transcript=on_transcript, wrap_mic=devices and devices.microphone))
+        if devices is not None:
+            devices.begin()   # the child speaks from now on, and the speaker is recorded
         script = None
         if steps is None:
             _press(daemon)
@@ -453,9 +470,10 @@ def state_dir(cfg: Config) -> Path:
 
 @contextlib.asynccontextmanager
 async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None,
-               faults: tuple[str, ...] = (), on_audio_state: Any = None,
+               faults: tuple[str, ...] = (), on_audio_state: Any = None, wrap_mic: Any = None,
                **daemon_args: Any) -> AsyncIterator[Any]:
-    """Open everything the daemon needs (simulator, audio, pins, history) and close it after."""
+    """Open everything the daemon needs (simulator, audio, pins, history) and close it after.
+    `wrap_mic(mic)` may replace the microphone (simulate --audio pulse ends it with its WAV)."""
     from device.audio.factory import open_audio
     from device.audio.vad import VadGate
     from device.daemon import AudioFault, Daemon
@@ -480,6 +498,8 @@ async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None
                 on_audio_state(state, error)
 
         mic, speaker = open_audio(cfg.audio, on_state=audio_state)
+        if wrap_mic is not None:
+            mic = wrap_mic(mic)
         mic = await stack.enter_async_context(mic)
         speaker = await stack.enter_async_context(speaker)
         gpio = Gpio(cfg)

@@ -1,7 +1,7 @@
 """A private PulseAudio server: null-sink speakers and pipe-source microphones.
 
-Used by the tests, the benches and `talkie simulate --audio pulse`, so real PortAudio runs
-end to end on a machine with no sound card (CI, a laptop over SSH).
+Used by the tests, the benches and `talkie simulate --audio pulse` (`PulseSimulation`), so
+real PortAudio runs end to end on a machine with no sound card (CI, a laptop over SSH).
 
 PortAudio (libportaudio2) speaks ALSA; ALSA reaches PulseAudio through the 'pulse' plugin
 (Debian package libasound2-plugins, pulled in by pulseaudio). The server here is started with
@@ -16,20 +16,27 @@ from a FIFO by a writer thread in real time (speech when given, silence otherwis
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import os
 import queue
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
+from device.audio.backend import MicFrame, Microphone
+from device.errors import AudioDeviceError
 
-class PulseError(RuntimeError):
-    pass
+
+class PulseError(AudioDeviceError):
+    """The private PulseAudio server cannot run here (the message says what to install)."""
 
 
 class PipeFeeder:
@@ -153,8 +160,8 @@ class MonitorRecorder:
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=server.env(),
             preexec_fn=_die_with_parent)  # noqa: PLW1509
         self._chunks: list[bytes] = []
-        self._base = 0                                # samples dropped from the front
-        self._marks: list[tuple[int, float]] = []     # (samples so far, arrival time)
+        self._ends: list[int] = []       # sample count after each chunk
+        self._times: list[float] = []    # ... and when it arrived
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._read, name=f"parec-{sink}", daemon=True)
         self._thread.start()
@@ -164,6 +171,7 @@ class MonitorRecorder:
         fd = self._proc.stdout.fileno()
         total = 0
         carry = b""
+        keep = self.KEEP_S * self.rate
         while True:
             data = os.read(fd, 4096)
             t = time.monotonic()
@@ -175,15 +183,16 @@ class MonitorRecorder:
             total += len(data) // 2
             with self._lock:
                 self._chunks.append(data)
-                self._marks.append((total, t))
-                while total - self._base > self.KEEP_S * self.rate and len(self._chunks) > 1:
-                    self._base += len(self._chunks.pop(0)) // 2
-                    self._marks.pop(0)
+                self._ends.append(total)
+                self._times.append(t)
+                if total - self._ends[0] > keep + self.rate:    # trim a second at a time
+                    k = bisect.bisect_left(self._ends, total - keep)
+                    del self._chunks[:k], self._ends[:k], self._times[:k]
 
     @property
     def total(self) -> int:
         with self._lock:
-            return self._marks[-1][0] if self._marks else 0
+            return self._ends[-1] if self._ends else 0
 
     def stop(self) -> None:
         self._proc.terminate()
@@ -191,18 +200,22 @@ class MonitorRecorder:
         self._thread.join(timeout=2)
 
     def since(self, start: int) -> np.ndarray:
+        """Samples from index `start` (counted from server start) on, as far as kept."""
         with self._lock:
-            data = b"".join(self._chunks)
-            base = self._base
-        return np.frombuffer(data, np.int16)[max(0, start - base):].copy()
+            k = bisect.bisect_right(self._ends, start)   # the chunk holding `start`
+            if k == len(self._chunks):
+                return np.zeros(0, np.int16)
+            first = self._ends[k] - len(self._chunks[k]) // 2
+            data = b"".join(self._chunks[k:])
+        return np.frombuffer(data, np.int16)[max(0, start - first):].copy()
 
     def time_of(self, index: int) -> float:
         """Approximate monotonic time sample `index` left the sink."""
         with self._lock:
-            for total, t in self._marks:
-                if total > index:
-                    return t - (total - 1 - index) / self.rate
-        raise IndexError(index)
+            k = bisect.bisect_right(self._ends, index)
+            if k == len(self._ends):
+                raise IndexError(index)
+            return self._times[k] - (self._ends[k] - 1 - index) / self.rate
 
 
 class Recording:
@@ -225,6 +238,11 @@ class Recording:
     def samples(self) -> np.ndarray:
         """Everything the sink played since the recording began, int16 mono."""
         return self._rec.since(self._start)
+
+    def tail(self, seconds: float) -> np.ndarray:
+        """The last `seconds` the sink played (less if the recording is shorter)."""
+        end = self._rec.total
+        return self._rec.since(max(self._start, end - int(seconds * self.rate)))
 
     def time_of(self, index: int) -> float:
         """Monotonic time (+-10 ms) at which sample `index` of `samples()` was played."""
@@ -354,6 +372,107 @@ class PulseServer:
     def record(self, rate: int | None = None) -> Recording:
         """What sink `spkRATE` plays from now on (mono, at that rate; +-10 ms timestamps)."""
         return Recording(self.recorders[rate or self.rate])
+
+
+class FedMicrophone:
+    """A live microphone that ends once what was fed into it has been heard, plus `tail_s`.
+
+    `talkie simulate` stops when its microphone ends (a WAV file does); a PulseAudio pipe
+    source never does, so this one stops at the end of the fed audio.
+    """
+
+    def __init__(self, mic: Microphone, feeder: PipeFeeder, samples: int,
+                 tail_s: float = 0.2) -> None:
+        self._mic = mic
+        self._feeder = feeder
+        self._seconds = samples / feeder.rate + tail_s
+
+    async def __aenter__(self) -> Self:
+        await self._mic.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._mic.__aexit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._mic, name)   # overflows, state, ...: the real microphone's
+
+    async def frames(self) -> AsyncIterator[MicFrame]:
+        async for frame in self._mic.frames():
+            yield frame
+            started = self._feeder.started_at
+            if started is not None and frame.t >= started + self._seconds:
+                return
+
+
+class PulseSimulation:
+    """`talkie simulate --audio pulse`: the daemon on real PortAudio through a private server.
+
+    The WAV `mic` is spoken into the pipe source `mic48000` in real time from `begin()`; the
+    null sink `spk48000` is recorded from `begin()` to the end, into the WAV `out` (48 kHz).
+    """
+
+    RATE = 48_000
+
+    def __init__(self, mic: str | Path, out: str | Path) -> None:
+        self.mic = Path(mic)
+        self.out = Path(out)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._server: PulseServer | None = None
+        self._speech = np.zeros(0, np.int16)
+        self._recording: Recording | None = None
+
+    def audio_config(self) -> dict[str, Any]:
+        """The [audio] keys that put the daemon on this server's devices."""
+        return {"backend": "sounddevice", "input": "pulse", "output": "pulse",
+                "input_rate": self.RATE, "output_rate": self.RATE}
+
+    async def __aenter__(self) -> Self:
+        from device.audio.files import read_wav
+        self._speech = await asyncio.to_thread(read_wav, self.mic, self.RATE)
+        self._tmp = tempfile.TemporaryDirectory(prefix="talkie-pulse-")
+        self._server = PulseServer(Path(self._tmp.name), rates=(self.RATE,))
+        try:
+            await asyncio.to_thread(self._server.start)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self._recording is not None:
+                await asyncio.to_thread(self._write_out, self._recording.samples())
+        finally:
+            if self._server is not None:
+                await asyncio.to_thread(self._server.stop)
+                self._server = None
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+
+    def microphone(self, mic: Microphone) -> FedMicrophone:
+        """Wrap the daemon's microphone so that it ends with the fed WAV."""
+        assert self._server is not None
+        return FedMicrophone(mic, self._server.feeders[self.RATE], len(self._speech))
+
+    def begin(self) -> None:
+        """Start speaking the WAV into the microphone and recording the speaker."""
+        assert self._server is not None
+        self._recording = self._server.record(self.RATE)
+        self._server.feed(self._speech, self.RATE)
+
+    def _write_out(self, samples: np.ndarray) -> None:
+        import wave
+        try:
+            with wave.open(str(self.out), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(self.RATE)
+                w.writeframes(samples.astype("<i2").tobytes())
+        except OSError as e:
+            raise AudioDeviceError(f"--out {self.out} cannot be written ({e.strerror}); give a "
+                                   f"writable path") from None
 
 
 def _die_with_parent() -> None:
