@@ -195,6 +195,7 @@ async def _run(cfg: Config, api_key: Secret | None, redactor: Any, *, context: A
                steps: list[Any] | None = None) -> int:
     """The daemon under systemd: READY once audio and pins are up, STATUS on every state,
     watchdog pings while healthy, STOPPING and a clean exit on SIGTERM."""
+    import gc
     import signal
     from device.daemon import AudioFault, ConversationOpened
     from device.history.sync import client_from_config
@@ -242,6 +243,11 @@ async def _run(cfg: Config, api_key: Secret | None, redactor: Any, *, context: A
     try:
         async with _box(cfg, api_key, on_frame=lambda: last_frame.__setitem__(0, time.monotonic())
                         ) as daemon:
+            # A full garbage collection walks the ~90k objects the imports made with the GIL
+            # held (38-200 ms measured on a busy x86, slower on a Pi), while the speaker thread
+            # must write every 10 ms into a 60 ms device buffer: a click. They live as long as
+            # the daemon, so take them out of the collector's way.
+            gc.freeze()
             limits = daemon.limits
 
             def on_state(state: Any) -> None:
