@@ -163,14 +163,15 @@ async def live_child(mode: str, seconds: float) -> None:
             talker.cancel()
     print(json.dumps({"cpu_s": cpu, "audio_s": wall, "frames": frames, "starts": gate.starts,
                       "underruns": spk.stats.underruns + spk.device_underruns,
-                      "maxrss_mb": vm_hwm_mb()}))
+                      "maxrss_mb": status_mb("VmHWM")}))
 
 
-def vm_hwm_mb() -> float:
-    """This process's peak RSS (VmHWM; ru_maxrss would carry the parent's from before exec)."""
+def status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status in MB: VmRSS now, VmHWM its
+    peak (ru_maxrss would carry a parent's peak from before exec)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
 

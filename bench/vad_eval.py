@@ -184,8 +184,8 @@ def main() -> int:
     total_s = len(c.clean) / MIC_RATE
     print(f"corpus: {len(c.onsets)} utterances, {total_s:.0f} s, speech {c.speech.mean():.0%} "
           f"of frames; gate: aggressiveness {base.aggressiveness}, pre-roll {base.preroll_ms} "
-          f"ms, hangover {base.hangover_ms} ms (tail {base.tail_ms} ms), min speech {base.min_speech_ms} ms, guard "
-          f"{base.noise_guard_db} dB")
+          f"ms, hangover {base.hangover_ms} ms (tail {base.tail_ms} ms), min speech "
+          f"{base.min_speech_ms} ms, guard {base.noise_guard_db} dB")
     print(f"{'condition':<12} {'method':<10} {'recall':>7} {'first100':>9} {'nonsp':>7} {'nonsp s':>8}")
     cpu = 0.0
     frames = 0

@@ -1,6 +1,7 @@
 """The whole daemon on real PortAudio through a private PulseAudio server: the child's words
-reach the Live simulator whole, the reply is heard on the null sink, and a press on the mock
-button silences it within 50 ms (measured on the sink's monitor)."""
+reach the Live simulator whole (from a 48 kHz and a 44.1 kHz microphone), the reply is heard
+on the null sink, and a press on the mock button silences it within 50 ms (measured on the
+sink's monitor); and `talkie simulate --audio pulse`, which runs the same."""
 
 from __future__ import annotations
 
@@ -73,6 +74,38 @@ async def _until(pred, timeout: float) -> None:
             await asyncio.sleep(0.005)
 
 
+def _config(sim: Simulator, tmp_path: Path, rate: int) -> Config:
+    return Config().replace(
+        audio={"backend": "sounddevice", "input": "pulse", "output": "pulse",
+               "input_rate": rate, "output_rate": rate},
+        gpio={"pin_factory": "mock"},
+        live={"base_url": sim.base_url, "ca_file": str(sim.ca_file), "simulator": False},
+        history={"path": str(tmp_path / "history.db")})
+
+
+async def test_a_44k_microphone_reaches_the_simulator_as_16k(pulse, tmp_path: Path) -> None:
+    # 48 kHz is what the test below runs on; a 44.1 kHz device must give the same 16 kHz
+    # speech (a wrong rate would misalign it within milliseconds and lose the correlation).
+    pulse.use(44_100)
+    said = utterance("Can we play the dinosaur game again, please?")
+    async with Simulator(voice="tone", pace=8.0, first_byte_delay_s=0.05,
+                         reply_texts=["Yes!"]) as sim:
+        async with _box(_config(sim, tmp_path, 44_100), Secret("test-key"),
+                        state=tmp_path) as daemon:
+            task = asyncio.create_task(daemon.run())
+            try:
+                daemon.button_pin.drive_low()
+                daemon.button_pin.drive_high()
+                pulse.feed(np.concatenate((np.zeros(44_100 // 2, np.int16),
+                                           upsample(said, MIC_RATE, 44_100))))
+                await sim.wait_turns(1, timeout=30)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        received = np.frombuffer(sim.received_audio(), "<i2")
+    assert_whole(received, said, preroll_s=0.5)
+
+
 SAID = ["Hello Talkie, can you tell me a story about a dragon?",
         "What did the dragon eat for breakfast?",
         "Can the dragon fly over the mountains?"]
@@ -100,13 +133,8 @@ async def test_daemon_hears_the_child_whole_answers_aloud_and_a_press_silences_i
     presses: list[tuple[float, float]] = []    # (reply began, button pressed)
     async with Simulator(voice="tone", pace=2.0, first_byte_delay_s=0.05,
                          reply_texts=[STORY]) as sim:
-        cfg = Config().replace(
-            audio={"backend": "sounddevice", "input": "pulse", "output": "pulse",
-                   "input_rate": RATE, "output_rate": RATE},
-            gpio={"pin_factory": "mock"},
-            live={"base_url": sim.base_url, "ca_file": str(sim.ca_file), "simulator": False},
-            history={"path": str(tmp_path / "history.db")})
-        async with _box(cfg, Secret("test-key"), state=tmp_path) as daemon:
+        async with _box(_config(sim, tmp_path, RATE), Secret("test-key"),
+                        state=tmp_path) as daemon:
             rec = pulse.record()
             task = asyncio.create_task(daemon.run())
             try:

@@ -25,6 +25,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from bench.audio_pipeline import status_mb
 from device.audio import open_audio
 from device.audio.backend import REPLY_RATE
 from device.audio.vad import VadGate
@@ -36,12 +37,9 @@ RATE = 48_000
 SILENT_RUN = RATE * 3 // 1000     # a dropout: 3 ms with no sound in the middle of a reply
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+def harness_mb(pulse) -> float:
+    """What the test's PulseAudio harness holds in this process: the sinks' recordings."""
+    return sum(r.held_mb for r in pulse.recorders.values())
 
 
 def dropouts(x: np.ndarray) -> int:
@@ -78,7 +76,7 @@ async def soak(pulse, seconds: float) -> dict[str, float]:
     trace = os.environ.get("TALKIE_SOAK_TRACE") == "1"
     figures: dict[str, float] = {"replies": 0, "reply_s": 0.0, "dropouts": 0, "flushes": 0}
     flush_ms: list[float] = []
-    rss: list[tuple[float, float]] = []
+    rss: list[tuple[float, float, float]] = []
     snapshots = []
 
     async def listen() -> None:
@@ -92,7 +90,7 @@ async def soak(pulse, seconds: float) -> dict[str, float]:
         try:
             while time.monotonic() - started < seconds:
                 if time.monotonic() >= next_mark:
-                    rss.append((time.monotonic() - started, rss_mb()))
+                    rss.append((time.monotonic() - started, status_mb("VmRSS"), harness_mb(pulse)))
                     if trace and len(rss) == 3:       # two minutes in: warmed up
                         snapshots.append(tracemalloc.take_snapshot())
                     next_mark += 60
@@ -116,14 +114,16 @@ async def soak(pulse, seconds: float) -> dict[str, float]:
                     await asyncio.sleep(0.3)
                     x = rec.samples()
                     loud = np.nonzero(np.abs(x) > 300)[0]
-                    flush_ms.append((rec.time_of(int(loud[-1])) - t_flush) * 1000)
+                    if len(loud):
+                        flush_ms.append((rec.time_of(int(loud[-1])) - t_flush) * 1000)
                     figures["flushes"] += 1
                 else:
                     async with asyncio.timeout(30):
                         await spk.drain()
                     await asyncio.sleep(0.05)
                     x = rec.samples()
-                figures["dropouts"] += dropouts(x)
+                # A reply never heard (a stalled device being reopened) is one dropout too.
+                figures["dropouts"] += dropouts(x) if (np.abs(x) > 300).any() else 1
                 figures["replies"] += 1
                 figures["reply_s"] += len(x) / RATE
                 # the child's turn
@@ -131,10 +131,11 @@ async def soak(pulse, seconds: float) -> dict[str, float]:
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
-        rss.append((time.monotonic() - started, rss_mb()))
+        rss.append((time.monotonic() - started, status_mb("VmRSS"), harness_mb(pulse)))
         if snapshots:
             snapshots.append(tracemalloc.take_snapshot())
         figures.update(jitter_underruns=spk.stats.underruns, device_underruns=spk.device_underruns,
+                       reopens=spk.reopens + mic.reopens,
                        mic_overflows=mic.overflows, mic_device_overflows=mic.device_overflows,
                        flush_ms_median=statistics.median(flush_ms) if flush_ms else 0.0,
                        flush_ms_max=max(flush_ms, default=0.0), wall_s=time.monotonic() - started)
@@ -143,10 +144,12 @@ async def soak(pulse, seconds: float) -> dict[str, float]:
           f"audio in {figures['wall_s']:.0f} s; underruns: jitter buffer "
           f"{figures['jitter_underruns']:.0f}, device {figures['device_underruns']:.0f}, heard "
           f"(silent runs >= 3 ms inside a reply) {figures['dropouts']:.0f}; mic overflows "
-          f"{figures['mic_overflows']:.0f}/{figures['mic_device_overflows']:.0f}")
+          f"{figures['mic_overflows']:.0f}/{figures['mic_device_overflows']:.0f}; devices "
+          f"reopened after a stall {figures['reopens']:.0f}")
     print(f"flush -> silent on the sink: median {figures['flush_ms_median']:.0f} ms, max "
           f"{figures['flush_ms_max']:.0f} ms over {figures['flushes']:.0f} barge-ins (+-10 ms)")
-    print("VmRSS MB by minute: " + ", ".join(f"{t / 60:.0f}:{m:.0f}" for t, m in rss))
+    print("VmRSS MB by minute (of which the harness's monitor recordings): "
+          + ", ".join(f"{t / 60:.0f}:{m:.0f} ({h:.0f})" for t, m, h in rss))
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")
     if len(snapshots) == 2:
         print("Python allocation growth, top 8 (tracemalloc):")
@@ -170,4 +173,5 @@ async def test_ten_minutes_of_talk_play_without_an_underrun(pulse, traced) -> No
     f = await soak(pulse, seconds)
     assert f["replies"] >= seconds / 10
     assert f["jitter_underruns"] == 0 and f["device_underruns"] == 0 and f["dropouts"] == 0, f
+    assert f["reopens"] == 0, f
     assert f["flush_ms_max"] < 50, f

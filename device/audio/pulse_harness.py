@@ -194,6 +194,12 @@ class MonitorRecorder:
         with self._lock:
             return self._ends[-1] if self._ends else 0
 
+    @property
+    def held_mb(self) -> float:
+        """Memory the kept recording takes (up to KEEP_S of audio)."""
+        with self._lock:
+            return sum(map(len, self._chunks)) / 1e6
+
     def stop(self) -> None:
         self._proc.terminate()
         self._proc.wait(timeout=5)
