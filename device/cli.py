@@ -235,7 +235,10 @@ async def _run(cfg: Config, api_key: Secret | None, redactor: Any, *, context: A
                 audio_fault[0] = False
 
     try:
-        async with _box(cfg, api_key, on_frame=lambda: last_frame.__setitem__(0, time.monotonic())
+        from device.status import local_address, spoken_status
+
+        async with _box(cfg, api_key, on_frame=lambda: last_frame.__setitem__(0, time.monotonic()),
+                        on_status_request=lambda: spoken_status(status.status, local_address())
                         ) as daemon:
             limits = daemon.limits
 
@@ -454,8 +457,10 @@ def state_dir(cfg: Config) -> Path:
 @contextlib.asynccontextmanager
 async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None,
                faults: tuple[str, ...] = (), on_audio_state: Any = None,
-               **daemon_args: Any) -> AsyncIterator[Any]:
-    """Open everything the daemon needs (simulator, audio, pins, history) and close it after."""
+               limits_clock: Any = None, **daemon_args: Any) -> AsyncIterator[Any]:
+    """Open everything the daemon needs (simulator, audio, pins, history) and close it after.
+
+    `limits_clock` is the wall clock the parents' limits read (tests move it)."""
     from device.audio.factory import open_audio
     from device.audio.vad import VadGate
     from device.daemon import AudioFault, Daemon
@@ -465,6 +470,10 @@ async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None
     from device.live.continuity import HandleStore
 
     async with contextlib.AsyncExitStack() as stack:
+        # The LED first, so the child sees the box starting while the rest opens.
+        gpio = Gpio(cfg)
+        stack.callback(gpio.close)
+        gpio.set_state("booting")
         if cfg.live.simulator:
             from device.live.simulator import Simulator
             sim = await stack.enter_async_context(Simulator(faults=faults))
@@ -482,15 +491,13 @@ async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None
         mic, speaker = open_audio(cfg.audio, on_state=audio_state)
         mic = await stack.enter_async_context(mic)
         speaker = await stack.enter_async_context(speaker)
-        gpio = Gpio(cfg)
-        stack.callback(gpio.close)
         where = state or state_dir(cfg)
         await asyncio.to_thread(where.mkdir, parents=True, exist_ok=True)
         history = await HistoryStore.open_config(cfg.history)
         stack.push_async_callback(history.close)
         daemon = Daemon(cfg, api_key, mic=mic, speaker=speaker, gate=VadGate(cfg.audio),
                         buttons=gpio, history=history,
-                        limits=Limits.from_config(cfg, state_dir=where),
+                        limits=Limits.from_config(cfg, state_dir=where, clock=limits_clock),
                         handles=HandleStore(where / "resumption.json"), **daemon_args)
         holder.append(daemon)
         daemon.add_state_listener(lambda state: gpio.set_state(str(state)))
