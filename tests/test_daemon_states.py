@@ -303,11 +303,16 @@ async def test_quiet_hours_refuse_to_wake_and_end_by_themselves(pulse, tmp_path)
         await box.reach(State.LISTENING)
 
 
-async def test_a_spent_budget_refuses_to_wake_until_the_next_day(pulse, tmp_path):
-    clock = WallClock(dt.datetime(2026, 12, 6, 15, 0).astimezone())
-    state = tmp_path / "state"
+def talked_today(tmp: Path, seconds: float) -> WallClock:
+    """The box already talked `seconds` today (its budget file says so); 3 pm on that day."""
+    state = tmp / "state"
     state.mkdir()
-    (state / "budget.json").write_text(json.dumps({"day": "2026-12-06", "used_s": 600.0}))
+    (state / "budget.json").write_text(json.dumps({"day": "2026-12-06", "used_s": seconds}))
+    return WallClock(dt.datetime(2026, 12, 6, 15, 0).astimezone())
+
+
+async def test_a_spent_budget_refuses_to_wake_until_the_next_day(pulse, tmp_path):
+    clock = talked_today(tmp_path, 600.0)
     async with running(pulse, tmp_path, extra="[limits]\ndaily_budget_minutes = 10\n",
                        clock=clock) as box:
         box.tap()
@@ -318,10 +323,7 @@ async def test_a_spent_budget_refuses_to_wake_until_the_next_day(pulse, tmp_path
 
 
 async def test_the_budget_running_out_ends_the_conversation(pulse, tmp_path):
-    clock = WallClock(dt.datetime(2026, 12, 6, 15, 0).astimezone())
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "budget.json").write_text(json.dumps({"day": "2026-12-06", "used_s": 56.0}))
+    clock = talked_today(tmp_path, 56.0)
     async with running(pulse, tmp_path, extra="[limits]\ndaily_budget_minutes = 1\n",
                        clock=clock) as box:
         box.tap()
@@ -331,7 +333,7 @@ async def test_the_budget_running_out_ends_the_conversation(pulse, tmp_path):
             await asyncio.sleep(0.6)
         assert sound(rec.samples()) > 0.1, "a sleepy sound as it ends"
         await box.sim.wait_closed_connections(1)
-        used = json.loads((state / "budget.json").read_text())["used_s"]
+        used = json.loads((tmp_path / "state" / "budget.json").read_text())["used_s"]
         assert used >= 60.0, "the conversation's time was counted"
 
 
