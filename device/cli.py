@@ -241,7 +241,10 @@ async def _run(cfg: Config, api_key: Secret | None, redactor: Any, *, context: A
                 audio_fault[0] = False
 
     try:
-        async with _box(cfg, api_key, on_frame=lambda: last_frame.__setitem__(0, time.monotonic())
+        from device.status import local_address, spoken_status
+
+        async with _box(cfg, api_key, on_frame=lambda: last_frame.__setitem__(0, time.monotonic()),
+                        on_status_request=lambda: spoken_status(status.status, local_address())
                         ) as daemon:
             # A full garbage collection walks the ~90k objects the imports made with the GIL
             # held (38-200 ms measured on a busy x86, slower on a Pi), while the speaker thread
@@ -476,10 +479,13 @@ def state_dir(cfg: Config) -> Path:
 
 @contextlib.asynccontextmanager
 async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None,
-               faults: tuple[str, ...] = (), on_audio_state: Any = None, wrap_mic: Any = None,
+               faults: tuple[str, ...] = (), on_audio_state: Any = None,
+               limits_clock: Any = None, wrap_mic: Any = None,
                **daemon_args: Any) -> AsyncIterator[Any]:
     """Open everything the daemon needs (simulator, audio, pins, history) and close it after.
-    `wrap_mic(mic)` may replace the microphone (simulate --audio pulse ends it with its WAV)."""
+
+    `limits_clock` is the wall clock the parents' limits read (tests move it). `wrap_mic(mic)`
+    may replace the microphone (simulate --audio pulse ends it with its WAV)."""
     from device.audio.factory import open_audio
     from device.audio.vad import VadGate
     from device.daemon import AudioFault, Daemon
@@ -489,6 +495,10 @@ async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None
     from device.live.continuity import HandleStore
 
     async with contextlib.AsyncExitStack() as stack:
+        # The LED first, so the child sees the box starting while the rest opens.
+        gpio = Gpio(cfg)
+        stack.callback(gpio.close)
+        gpio.set_state("booting")
         if cfg.live.simulator:
             from device.live.simulator import Simulator
             sim = await stack.enter_async_context(Simulator(faults=faults))
@@ -508,15 +518,13 @@ async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None
             mic = wrap_mic(mic)
         mic = await stack.enter_async_context(mic)
         speaker = await stack.enter_async_context(speaker)
-        gpio = Gpio(cfg)
-        stack.callback(gpio.close)
         where = state or state_dir(cfg)
         await asyncio.to_thread(where.mkdir, parents=True, exist_ok=True)
         history = await HistoryStore.open_config(cfg.history)
         stack.push_async_callback(history.close)
         daemon = Daemon(cfg, api_key, mic=mic, speaker=speaker, gate=VadGate(cfg.audio),
                         buttons=gpio, history=history,
-                        limits=Limits.from_config(cfg, state_dir=where),
+                        limits=Limits.from_config(cfg, state_dir=where, clock=limits_clock),
                         handles=HandleStore(where / "resumption.json"), **daemon_args)
         holder.append(daemon)
         daemon.add_state_listener(lambda state: gpio.set_state(str(state)))

@@ -219,6 +219,9 @@ class LimitsConfig:
                               choices=("conversation", "audio"))
     max_conversation_minutes: int = _key(15, "A conversation ends after this long; 0 means no "
                                              "limit.", lo=0, hi=240)
+    quiet_timeout_s: float = _key(30.0, "A conversation ends (with a sleepy sound) when nobody "
+                                        "has talked for this many seconds while the toy listens.",
+                                  lo=3.0, hi=600.0)
 
     def __post_init__(self) -> None:
         for name in ("quiet_hours_start", "quiet_hours_end"):

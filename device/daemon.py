@@ -118,7 +118,7 @@ class Daemon:
                  gate: Any, buttons: AsyncIterator[ButtonEvent | VolumeChange] | None = None,
                  limits: Limits | None = None, history: HistoryStore | None = None,
                  handles: HandleStore | None = None,
-                 stop_when_mic_ends: bool = False, quiet_timeout_s: float = 30.0,
+                 stop_when_mic_ends: bool = False,
                  on_state: Callable[[State], None] | None = None,
                  on_transcript: Callable[[str, str], None] | None = None,
                  on_status_request: Callable[[], str] | None = None,
@@ -139,7 +139,7 @@ class Daemon:
         self._conversation_uploaded_s = 0.0
         self._audio_error: str | None = None
         self._stop_when_mic_ends = stop_when_mic_ends
-        self._quiet_timeout_s = quiet_timeout_s
+        self._quiet_timeout_s = cfg.limits.quiet_timeout_s
         self._state_listeners = [on_state] if on_state else []
         self._event_listeners: list[Callable[[Any], None]] = []
         self._on_transcript = on_transcript
@@ -157,7 +157,9 @@ class Daemon:
         self._awaiting_reply = False
         self._discard_reply = False
         self._mic_ended = False
-        self._button_speech = False
+        self._button_speech = False      # hold mode: the button is held for a turn
+        self._heard_while_held = False
+        self._turn_ended_by_release = False
         self._last_activity = time.monotonic()
         self._done = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -281,12 +283,10 @@ class Daemon:
             case ButtonEvent(kind="press" | "shake"):
                 await self._on_press(ev.kind)
             case ButtonEvent(kind="release"):
-                if self.cfg.gpio.button_mode == "hold" and self._in_speech_by_button():
-                    # push-to-talk: letting go is the end of the child's turn
-                    self._in_speech = False
-                    self._end_of_speech(time.monotonic())
+                if self._button_speech:
+                    self._release_held_button()
             case ButtonEvent(kind="long_press"):
-                if self.state.awake:
+                if self._session is not None:   # awake, or offline and still trying
                     self._speaker.play_earcon("sleep")
                     await self._end_conversation("long press")
             case ButtonEvent(kind="very_long_press"):
@@ -307,6 +307,7 @@ class Daemon:
                 await self._end_conversation(ev.error, State.ERROR)
             case SpeechStart():
                 self._in_speech = True
+                self._heard_while_held |= self._button_speech
                 self._last_activity = ev.t
                 if self.state is State.THINKING:
                     self._set_state(State.LISTENING)
@@ -318,6 +319,8 @@ class Daemon:
                 self._last_activity = ev.t
                 if self._button_speech:
                     pass  # push-to-talk: the release ends the turn, not a pause
+                elif self._turn_ended_by_release:
+                    self._turn_ended_by_release = False   # that turn has already ended
                 elif self._session is not None:
                     self._end_of_speech(ev.t)
             case LinkUp():
@@ -335,9 +338,14 @@ class Daemon:
                                              State.ERROR if ev.permanent else State.OFFLINE)
             case LinkDown():
                 self.summary.reconnects += 1
-                # Only a listening box shows it: a reply still playing (its gate muted) ends
-                # as usual, and a thinking one keeps waiting for the resent turn's answer.
-                if self.state is State.LISTENING and not self._awaiting_reply:
+                if self.state is State.CONNECTING and not ev.planned:
+                    # The child pressed and is waiting: say the toy cannot get through (it
+                    # keeps trying, and what the child says meanwhile is kept).
+                    self._speaker.play_earcon("offline")
+                    self._set_state(State.OFFLINE)
+                elif self.state is State.LISTENING and not self._awaiting_reply:
+                    # A reply still playing (its gate muted) ends as usual, and a thinking
+                    # box keeps waiting for the resent turn's answer.
                     self._set_state(State.CONNECTING)
             case HandleRefused():
                 self._resume_handle = None
@@ -382,11 +390,14 @@ class Daemon:
 
     async def _on_press(self, how: str = "press") -> None:
         self._last_activity = time.monotonic()
+        if self.state is State.OFFLINE and self._session is not None:
+            self._speaker.play_earcon("offline")   # still trying to get through
+            return
         if self.state.awake:
             if self.state in (State.SPEAKING, State.THINKING) and how == "press":
                 self._barge_in()
             if self.cfg.gpio.button_mode == "hold" and how == "press":
-                self._button_speech = True
+                self._hold_button()
             return
         if self._audio_error is not None:
             # the child pressed: tell them (the LED already shows error) rather than stay silent
@@ -402,7 +413,8 @@ class Daemon:
                 return
         log.info("wake (%s)", how, extra={"TALKIE_EVENT": "wake"})
         self._speaker.play_earcon("wake")
-        self._button_speech = self.cfg.gpio.button_mode == "hold" and how == "press"
+        if self.cfg.gpio.button_mode == "hold" and how == "press":
+            self._hold_button()
         await self._start_conversation()
         self._set_state(State.CONNECTING)
 
@@ -412,9 +424,20 @@ class Daemon:
             async with self._handle_writes:
                 await asyncio.to_thread(self._handles.save, handle)
 
-    def _in_speech_by_button(self) -> bool:
-        held, self._button_speech = self._button_speech, False
-        return held and self._session is not None
+    def _hold_button(self) -> None:
+        """Push-to-talk: the child holds the button while talking."""
+        self._button_speech = True
+        self._heard_while_held = self._in_speech
+
+    def _release_held_button(self) -> None:
+        """Letting go ends the child's turn, if they said something while holding it (the
+        press that wakes the box is often a tap)."""
+        heard = self._heard_while_held
+        self._button_speech = self._heard_while_held = False
+        if heard and self._session is not None:
+            self._turn_ended_by_release = self._in_speech  # the gate's own end comes later
+            self._in_speech = False
+            self._end_of_speech(time.monotonic())
 
     def _say_status(self) -> None:
         """Very long press: the box says how it is (Wi-Fi, address), for a parent."""
@@ -606,6 +629,7 @@ class Daemon:
         if then is State.IDLE and self._limits is not None and not self._limits.can_wake()[0]:
             then = State.SLEEPING
         self._awaiting_reply = self._in_speech = False
+        self._button_speech = self._heard_while_held = self._turn_ended_by_release = False
         self._gate_mute(False)
         self._set_state(then)
         self._check_done()

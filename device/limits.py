@@ -42,10 +42,10 @@ class Limits:
     """Whether the box may wake, and how much talking is left today."""
 
     def __init__(self, cfg: LimitsConfig, *, max_volume: float = 1.0,
-                 state_dir: Path | None = None, clock: Clock = _local_now) -> None:
+                 state_dir: Path | None = None, clock: Clock | None = None) -> None:
         self.cfg = cfg
         self.volume_cap = max_volume
-        self._clock = clock
+        self._clock = clock or _local_now
         self._path = state_dir / BUDGET_FILE if state_dir is not None else None
         self._quiet = ((_hhmm(cfg.quiet_hours_start), _hhmm(cfg.quiet_hours_end))
                        if cfg.quiet_hours_start else None)
@@ -53,7 +53,7 @@ class Limits:
 
     @classmethod
     def from_config(cls, cfg: Config, state_dir: Path | None = None,
-                    clock: Clock = _local_now) -> Limits:
+                    clock: Clock | None = None) -> Limits:
         return cls(cfg.limits, max_volume=cfg.audio.max_volume, state_dir=state_dir, clock=clock)
 
     # --- questions -------------------------------------------------------------------------

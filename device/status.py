@@ -256,6 +256,47 @@ async def wifi_task(status: StatusFile, every: float = 30.0) -> None:
         await asyncio.sleep(every)
 
 
+# --- said aloud ------------------------------------------------------------------------
+
+def local_address() -> str | None:
+    """The box's IPv4 address on its default route, or None when it has no network.
+
+    A UDP socket "connected" to a public address only asks the kernel for the route: nothing
+    is sent and nothing listens."""
+    import socket
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))   # TEST-NET-1: never really reached
+            address = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("0.") else address
+
+
+def spoken_status(status: Status, address: str | None) -> str:
+    """What the box says on a very long press, for a parent standing next to it: short
+    sentences espeak-ng reads well, the most useful first."""
+    said = [f"Talkie is {status.state}."]
+    wifi = status.wifi
+    if wifi.ssid:
+        signal = f", signal {wifi.signal_percent} percent" if wifi.signal_percent is not None \
+            else ""
+        said.append(f"Wi-Fi {wifi.ssid}{signal}.")
+    else:
+        said.append("No Wi-Fi network.")
+    said.append(f"Address {address.replace('.', ' dot ')}." if address else "No address.")
+    live = status.live
+    if live.last_error and (not live.last_connect or (live.last_error_at or "") > live.last_connect):
+        said.append(f"The Live API failed: {live.last_error}.")
+    elif live.last_connect:
+        said.append("The Live API answered.")
+    if status.budget_left_s is not None:
+        said.append(f"{round(status.budget_left_s / 60)} minutes of talk left today.")
+    if status.errors:
+        said.append(f"Last problem: {status.errors[-1]['message']}.")
+    return " ".join(said)
+
+
 # --- reading ----------------------------------------------------------------------------
 
 @dataclass

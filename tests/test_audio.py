@@ -268,11 +268,23 @@ def test_earcons_are_short_soft_distinct_and_click_free():
 
 
 def test_speech_soon_after_the_mic_opens_is_kept_whole(sentence):
-    # The gate learns the room for ~0.8 s before it may start; speech 0.4 s in is kept whole.
+    # Speech 0.4 s after the mic opens, before the room's peaks are learned, is kept whole.
     x, on, off = _scene(sentence, 0.4, 1.5)
     events, sent = _run_gate(VadGate(AudioConfig()), x)
     assert sum(isinstance(e, SpeechStart) for e in events) == 1
     assert sent[:off].all(), "everything from the start of the file to the end of speech is sent"
+
+
+@pytest.mark.parametrize("lead_s", [0.0, 0.1, 0.2, 0.3])
+def test_a_turn_said_at_once_does_not_deafen_the_gate_to_the_next(lead_s):
+    # Speech from the moment the mic opens must not be learned as the room's noise: the
+    # child's next turn, soon after and no louder, starts the gate again.
+    first = espeak("I have a question", MIC_RATE)
+    then = espeak("about dragons", MIC_RATE)
+    x = np.concatenate((np.zeros(int(lead_s * MIC_RATE), np.int16), first,
+                        np.zeros(int(0.4 * MIC_RATE), np.int16), then, np.zeros(MIC_RATE, np.int16)))
+    events, _ = _run_gate(VadGate(AudioConfig()), x)
+    assert sum(isinstance(e, SpeechStart) for e in events) == 2
 
 
 def _phrases(texts: list[str], pause_s: float, lead_s: float = 2.0,

@@ -224,7 +224,10 @@ class VadGate:
         while len(self._ring) > keep:
             self._ring.popleft()
         recent = list(self._ring)[-window:]
-        if self._idle_p90 is None or sum(sp for _, sp in recent) * frame_ms < s.min_speech_ms:
+        # Not waiting for the room's peaks to be learned : speech in the first
+        # second would then be learned as the room, and the next turn would have to be
+        # louder than the child. Until then the noise floor alone guards the start.
+        if sum(sp for _, sp in recent) * frame_ms < s.min_speech_ms:
             return []
         self._pending_db.clear()   # those frames were speech, not the room
         # Quick: this start's pre-roll window reaches back to the last end.
@@ -318,7 +321,3 @@ class VadGate:
             threshold = max(threshold, self._idle_p90 + self.settings.peak_margin_db)
         return voiced and db > threshold
 
-    @property
-    def warmed_up(self) -> bool:
-        """True once the gate has heard the room long enough (about 0.8 s) to start."""
-        return self._idle_p90 is not None

@@ -58,12 +58,14 @@ class LinkUp:
 
 @dataclass(frozen=True, slots=True)
 class LinkDown:
-    """The connection was lost; the session retries after `retry_in_s` unless `final`."""
+    """The connection was lost; the session retries after `retry_in_s` unless `final`.
+    `planned`: a switch the server asked for (goAway, a refused handle), not a failure."""
     t: float
     reason: str
     retry_in_s: float
     final: bool = False
     permanent: bool = False
+    planned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +264,7 @@ class LiveSession:
                 log.warning("Live connection lost: %s; reconnecting in %.1f s", reason, delay,
                             extra={"TALKIE_EVENT": "reconnect"})
                 attempt += 1
-            self._on_event(LinkDown(time.monotonic(), reason, delay))
+            self._on_event(LinkDown(time.monotonic(), reason, delay, planned=planned))
             await asyncio.sleep(delay)
 
     # --- resending what was not answered -----------------------------------------------------
