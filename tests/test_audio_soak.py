@@ -8,7 +8,8 @@ jitter buffer or the device, is a silent run on the sink's monitor that the chil
 
 It must show zero underruns (jitter buffer, device, and heard), every flush silent within
 50 ms, and it prints the figures: replies, audio seconds, flush latency, memory over time
-(VmRSS, and with TALKIE_SOAK_TRACE=1 the top Python allocation growth), and the load.
+(VmRSS, and with TALKIE_SOAK_TRACE=1 the top Python allocation growth), and the load and
+the underruns so far at each minute, so that a dropout can be put down to a busy machine.
 
 Deselected by default (`-m "not soak"` in pyproject); run it with `make soak-audio`
 (TALKIE_SOAK_S sets the length, 600 s by default).
@@ -76,7 +77,13 @@ async def soak(pulse, seconds: float) -> dict[str, float]:
     trace = os.environ.get("TALKIE_SOAK_TRACE") == "1"
     figures: dict[str, float] = {"replies": 0, "reply_s": 0.0, "dropouts": 0, "flushes": 0}
     flush_ms: list[float] = []
-    rss: list[tuple[float, float, float]] = []
+    minutes: list[str] = []    # what each minute mark saw, to tie a dropout to the load
+
+    def mark() -> None:
+        minutes.append(f"{(time.monotonic() - started) / 60:.0f}: {status_mb('VmRSS'):.0f} MB "
+                       f"({harness_mb(pulse):.0f}), load {os.getloadavg()[0]:.1f}, underruns "
+                       f"{spk.stats.underruns}/{spk.device_underruns}/{figures['dropouts']:.0f}")
+
     snapshots = []
 
     async def listen() -> None:
@@ -90,8 +97,8 @@ async def soak(pulse, seconds: float) -> dict[str, float]:
         try:
             while time.monotonic() - started < seconds:
                 if time.monotonic() >= next_mark:
-                    rss.append((time.monotonic() - started, status_mb("VmRSS"), harness_mb(pulse)))
-                    if trace and len(rss) == 3:       # two minutes in: warmed up
+                    mark()
+                    if trace and len(minutes) == 3:   # two minutes in: warmed up
                         snapshots.append(tracemalloc.take_snapshot())
                     next_mark += 60
                 k = int(figures["replies"])
@@ -131,7 +138,7 @@ async def soak(pulse, seconds: float) -> dict[str, float]:
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
-        rss.append((time.monotonic() - started, status_mb("VmRSS"), harness_mb(pulse)))
+        mark()
         if snapshots:
             snapshots.append(tracemalloc.take_snapshot())
         figures.update(jitter_underruns=spk.stats.underruns, device_underruns=spk.device_underruns,
@@ -148,8 +155,8 @@ async def soak(pulse, seconds: float) -> dict[str, float]:
           f"reopened after a stall {figures['reopens']:.0f}")
     print(f"flush -> silent on the sink: median {figures['flush_ms_median']:.0f} ms, max "
           f"{figures['flush_ms_max']:.0f} ms over {figures['flushes']:.0f} barge-ins (+-10 ms)")
-    print("VmRSS MB by minute (of which the harness's monitor recordings): "
-          + ", ".join(f"{t / 60:.0f}:{m:.0f} ({h:.0f})" for t, m, h in rss))
+    print("by minute: VmRSS (of it the harness's monitor recordings), 1-min load, underruns so "
+          "far (jitter buffer/device/heard):\n  " + "\n  ".join(minutes))
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")
     if len(snapshots) == 2:
         print("Python allocation growth, top 8 (tracemalloc):")
