@@ -12,10 +12,13 @@ root too (`--system=false`, anonymous auth on its own socket). `PULSE_SERVER` po
 Devices, per rate R in `rates`: sink `spkR` (record its `spkR.monitor`), source `micR` fed
 from a FIFO by a writer thread in real time (speech when given, silence otherwise).
 `use(R)` makes them the defaults, which is what PortAudio's 'pulse' and 'default' devices use.
+`noise_rms` adds white noise to the mic (a room is never digital silence: in digital silence the
+VAD gate's adaptive floor cannot reject a near-silent tail, see bench/conversation.py).
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import queue
 import shutil
@@ -37,8 +40,10 @@ class PipeFeeder:
 
     CHUNK_MS = 10
 
-    def __init__(self, fifo: Path, rate: int) -> None:
+    def __init__(self, fifo: Path, rate: int, noise_rms: float = 0.0) -> None:
         self.rate = rate
+        #: White noise added to everything written (a room is never digital silence).
+        self.noise_rms = noise_rms
         self._fifo = fifo
         self._queue: queue.Queue[np.ndarray] = queue.Queue()
         self._stop = threading.Event()
@@ -90,6 +95,7 @@ class PipeFeeder:
         silence = np.zeros(n, np.int16)
         pending = np.zeros(0, np.int16)
         deadline = time.monotonic()
+        rng = np.random.default_rng(0)
         while not self._stop.is_set():
             if self._drop.is_set():
                 self._drop.clear()
@@ -114,6 +120,9 @@ class PipeFeeder:
                     self._idle.set()
             else:
                 chunk = silence
+            if self.noise_rms:
+                chunk = np.clip(chunk + rng.normal(0, self.noise_rms, n), -32768, 32767
+                                ).astype(np.int16)
             assert self._fd is not None
             try:
                 os.write(self._fd, chunk.tobytes())
@@ -192,8 +201,10 @@ class MonitorRecorder:
 
     def since(self, start: int) -> np.ndarray:
         with self._lock:
-            data = b"".join(self._chunks)
-            base = self._base
+            # Skip whole chunks before `start`: benches poll the tail of long recordings.
+            i = bisect.bisect_right(self._marks, (start, float("inf")))
+            base = self._marks[i - 1][0] if i else self._base
+            data = b"".join(self._chunks[i:])
         return np.frombuffer(data, np.int16)[max(0, start - base):].copy()
 
     def time_of(self, index: int) -> float:
@@ -234,9 +245,11 @@ class Recording:
 class PulseServer:
     """A private PulseAudio server with null sinks and pipe sources at the given rates."""
 
-    def __init__(self, root: Path, rates: tuple[int, ...] = (48_000, 44_100)) -> None:
+    def __init__(self, root: Path, rates: tuple[int, ...] = (48_000, 44_100),
+                 noise_rms: float = 0.0) -> None:
         self.root = Path(root)
         self.rates = rates
+        self.noise_rms = noise_rms
         self.socket = self.root / "native"
         self.feeders: dict[int, PipeFeeder] = {}
         self.recorders: dict[int, MonitorRecorder] = {}
@@ -282,7 +295,7 @@ class PulseServer:
         else:
             raise PulseError("pulseaudio did not come up in 15 s:\n" + self.log_text())
         for r in self.rates:
-            f = PipeFeeder(self.root / f"mic{r}.fifo", r)
+            f = PipeFeeder(self.root / f"mic{r}.fifo", r, self.noise_rms)
             f.start()
             self.feeders[r] = f
             self.recorders[r] = MonitorRecorder(self, f"spk{r}", r)

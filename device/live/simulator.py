@@ -262,6 +262,8 @@ class ClientMessage:
 
     t: float
     data: dict[str, Any]
+    #: Size of the frame as it came off the socket (JSON text, base64 audio included).
+    wire_bytes: int = 0
 
     def __repr__(self) -> str:
         # Audio payloads are long; show their size instead.
@@ -860,7 +862,9 @@ class _Session:
             msg = None
         if not isinstance(msg, dict):
             await self.close(1007, INVALID_ARGUMENT)
-        self.rec.messages.append(ClientMessage(time.monotonic(), normalise_keys(msg)))
+        self.rec.messages.append(
+            ClientMessage(time.monotonic(), normalise_keys(msg), len(raw))
+        )
         self.sim._notify()
         return msg
 
@@ -1123,6 +1127,8 @@ class _Session:
             delay = start + i * period - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if reply.first_chunk_t is None:
+                reply.first_chunk_t = time.monotonic()  # as it goes onto the socket
             content: dict[str, Any] = {
                 "modelTurn": {
                     "parts": [
@@ -1146,10 +1152,7 @@ class _Session:
                         }
                     }
                 )
-            now = time.monotonic()
-            if reply.first_chunk_t is None:
-                reply.first_chunk_t = now
-            reply.last_chunk_t = now
+            reply.last_chunk_t = time.monotonic()
             reply.audio_bytes += len(data)
             if i == 0:
                 if sim._fault(self.rec, Fault.CLOSE_1011_MID_REPLY, n):
