@@ -157,6 +157,9 @@ async def main(args: argparse.Namespace) -> int:
             conversation.cancel()
             await asyncio.gather(conversation, return_exceptions=True)
             conversation = None
+        elif line == "threads":
+            import threading
+            emit(ev="threads", map={str(t.native_id): t.name for t in threading.enumerate()})
         elif line == "quit":
             break
     if conversation is not None:

@@ -100,7 +100,11 @@ def stats_ms(xs: list[float]) -> dict[str, Any]:
 
 def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system, all threads) of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return proc_cpu_path(Path(f"/proc/{pid}/stat"))
+
+
+def proc_cpu_path(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
@@ -182,6 +186,7 @@ class Client:
         self.proc: asyncio.subprocess.Process | None = None
         self.events: list[dict[str, Any]] = []
         self._presses: asyncio.Queue[float] = asyncio.Queue()
+        self._threads: asyncio.Queue[dict[str, str]] = asyncio.Queue()
         self._ready = asyncio.Event()
         self.conversations: list[Conversation] = []
         self.rss_samples: list[tuple[float, float, float]] = []   # (t, rss MB, cpu s)
@@ -215,6 +220,8 @@ class Client:
                 self._ready.set()
             elif ev.get("ev") == "press":
                 self._presses.put_nowait(ev["t"])
+            elif ev.get("ev") == "threads":
+                self._threads.put_nowait(ev["map"])
 
     async def send(self, line: str) -> None:
         assert self.proc is not None and self.proc.stdin is not None
@@ -244,6 +251,20 @@ class Client:
         t0 = feeder.started_at
         assert t0 is not None
         return t0 + voiced[0] / DEVICE_RATE, t0 + voiced[1] / DEVICE_RATE
+
+    async def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds so far per thread, by the thread's Python name (others by comm)."""
+        assert self.proc is not None
+        names: dict[str, str] = {}
+        if self.kind != "floor":
+            await self.send("threads")
+            names = await asyncio.wait_for(self._threads.get(), 10)
+        out: dict[str, float] = {}
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                name = names.get(task.name) or (task / "comm").read_text().strip()
+                out[f"{name}"] = out.get(name, 0.0) + proc_cpu_path(task / "stat")
+        return out
 
     def cpu(self) -> float:
         assert self.proc is not None
@@ -580,6 +601,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     cmd, env = [PY, "-c", FLOOR], {}
                 await c.start(cmd, env)
             await asyncio.sleep(1.0)  # let the gates learn the room
+            spies = [await start_profile(c, Path(args.profile)) for c in clients
+                     if args.profile and c.kind != "floor"]
 
             async def drive(c: Client) -> None:
                 for k in range(args.conversations):
@@ -588,7 +611,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     else:
                         c.conversations.append(await one_conversation(c, lines[k % len(lines)]))
 
+            threads0 = [await c.thread_cpu() for c in clients]
             await asyncio.gather(*(drive(c) for c in clients))
+            threads1 = [await c.thread_cpu() for c in clients]
+            for spy in spies:
+                spy.send_signal(2)   # py-spy writes its file on SIGINT
+                await spy.wait()
             soaks: dict[str, Any] = {}
             if args.soak_s:
                 results = await asyncio.gather(*(soak(c, lines, args.soak_s) for c in clients
@@ -598,6 +626,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             conns = await sim.report()
             latencies = output_latencies(clients)
             figures = {c.name: analyse(c, conns, latencies.get(c.name)) for c in clients}
+            for c, a, b in zip(clients, threads0, threads1):
+                spent = {k: round(v - a.get(k, 0.0), 2) for k, v in b.items()}
+                figures[c.name]["cpu_s_by_thread"] = dict(sorted(
+                    ((k, v) for k, v in spent.items() if v > 0), key=lambda kv: -kv[1]))
             for name, s in soaks.items():
                 figures[name]["soak"] = soak_figures(s)
         finally:
@@ -620,6 +652,17 @@ async def idle_conversation(c: Client) -> Conversation:
     conv.rec = c.pulse.record()
     conv.audio = np.zeros(0, np.int16)
     return conv
+
+
+async def start_profile(c: Client, into: Path) -> asyncio.subprocess.Process:
+    """py-spy (pip install py-spy) sampling the client for the conversations: collapsed
+    stacks per thread, only samples holding the GIL (Python-level CPU, not waits), in INTO/NAME.txt."""
+    into.mkdir(parents=True, exist_ok=True)
+    assert c.proc is not None
+    return await asyncio.create_subprocess_exec(
+        str(Path(PY).with_name("py-spy")), "record", "--pid", str(c.proc.pid), "--format", "raw",
+        "--threads", "--gil", "--rate", "200", "--output", str(into / f"{c.name}.txt"),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
 
 
 def output_latencies(clients: list[Client]) -> dict[str, float]:
@@ -660,6 +703,7 @@ def main() -> int:
     ap.add_argument("--no-floor", dest="floor", action="store_false")
     ap.add_argument("--pace", type=float, default=4.0)
     ap.add_argument("--server-vad-ms", type=int, default=800)
+    ap.add_argument("--profile", metavar="DIR", help="sample each client with py-spy into DIR")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args()
     out = asyncio.run(run(args))

@@ -45,6 +45,9 @@ async def control(daemon: Any, stop: asyncio.Event) -> None:
             emit(ev="press", t=t)
         elif line == "release":
             pin.drive_high()
+        elif line == "threads":
+            import threading
+            emit(ev="threads", map={str(t.native_id): t.name for t in threading.enumerate()})
         elif line == "quit":
             break
     stop.set()
