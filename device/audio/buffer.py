@@ -218,6 +218,7 @@ class BufferedSpeaker:
         samples = np.frombuffer(pcm, np.int16)
         out = self._resampler.process(samples)
         self.buffer.push(out.astype(np.float32) / 32768.0, t_received)
+        self._kick()
 
     def flush(self) -> float:
         """Drop queued reply audio; silent within one device block. Returns seconds dropped."""
@@ -237,6 +238,10 @@ class BufferedSpeaker:
     def play_earcon(self, name: str) -> None:
         """Mix a short synthesized sound into the output (see device.audio.earcons)."""
         self.buffer.add_earcon(name)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Something new to play: a device side that rests while idle wakes up here."""
 
     def set_volume(self, volume: float) -> None:
         """Change the volume (0..1, capped by max_volume) with a short ramp."""

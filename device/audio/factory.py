@@ -7,6 +7,10 @@ from device.audio.capture import StateCallback
 from device.config import AudioConfig
 
 
+#: The speaker's writer rests after this long with nothing to play (device/audio/playback.py).
+PARK_IDLE_S = 0.5
+
+
 def open_audio(cfg: AudioConfig, *, on_state: StateCallback | None = None,
                realtime: bool = True) -> tuple[Microphone, Speaker]:
     """An unopened (microphone, speaker) pair for `cfg.backend`; enter each with `async with`.
@@ -27,7 +31,9 @@ def open_audio(cfg: AudioConfig, *, on_state: StateCallback | None = None,
     from device.audio.playback import SoundDeviceSpeaker
     mic = SoundDeviceMicrophone(cfg.input, rate=cfg.input_rate, channels=cfg.input_channels,
                                 channel=cfg.input_channel, on_state=on_state)
+    # The writer rests when idle, unless an echo canceller needs every played sample.
+    park = None if getattr(cfg, "echo_canceller", "none") != "none" else PARK_IDLE_S
     spk = SoundDeviceSpeaker(cfg.output, rate=cfg.output_rate, volume=cfg.volume,
                              max_volume=cfg.max_volume, prefill_ms=prefill_ms,
-                             block_ms=block_ms, on_state=on_state)
+                             block_ms=block_ms, on_state=on_state, park_idle_s=park)
     return mic, spk

@@ -6,6 +6,14 @@ callback, because cffi callbacks do not work under `MemoryDenyWriteExecute=yes` 
 capture.py). `write()` blocks the thread, not the loop, until the device has room, so the
 device's clock paces it. A block is heard `stream.latency` after it is written: that is the
 `t_played` given to `on_played`, and the most a `flush()` can still let through.
+
+With `park_idle_s` set, the writer stops writing after that long with nothing to play, and
+waits for the next reply or earcon: writing silence 100 times a second cost the box more CPU
+than anything else while it listened (bench/conversation.py). The device underruns meanwhile;
+PortAudio restarts it on the next write, which is then heard at once (an empty device buffer
+holds nothing in front of it), so the first block's `t_played` is "now", not "now + latency".
+Never parked while an echo canceller runs: it needs the reference of every played sample on
+a steady clock.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ import logging
 import threading
 import time
 from typing import Self
+
+import numpy as np
 
 from device.audio.buffer import BufferedSpeaker
 from device.audio.capture import StateCallback
@@ -35,8 +45,12 @@ class SoundDeviceSpeaker(BufferedSpeaker):
 
     def __init__(self, device: str = "default", *, rate: int = 0, volume: float = 0.8,
                  max_volume: float = 1.0, prefill_ms: int = 60, block_ms: int = 10,
-                 on_state: StateCallback | None = None, stall_s: float = 2.0) -> None:
+                 on_state: StateCallback | None = None, stall_s: float = 2.0,
+                 park_idle_s: float | None = None) -> None:
         self.device_spec = device
+        self.park_idle_s = park_idle_s
+        self._wake = threading.Event()
+        self.parks = 0   # times the writer rested (for benches and tests)
         self.stall_s = stall_s
         self._last_write = time.monotonic()
         self.block_ms = block_ms
@@ -97,6 +111,7 @@ class SoundDeviceSpeaker(BufferedSpeaker):
 
     def _close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
             self._thread = None
@@ -129,11 +144,26 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         self.channels = channels
         self.latency = float(stream.latency)
         started.set()
+        rate = self.device_rate
+        t_next = 0.0        # when the sample after the last one written is heard
+        idle_since: float | None = None
         try:
             while not stop.is_set():
-                t_dac = time.monotonic() + self.latency
+                now = time.monotonic()
+                if self.park_idle_s is not None and not self.buffer.active:
+                    idle_since = idle_since or now
+                    if now - idle_since >= self.park_idle_s:
+                        self._park(stop)
+                        idle_since = None
+                        continue
+                else:
+                    idle_since = None
+                # A full device buffer holds `latency` in front of this block; after an
+                # underrun (a park, a stall) it holds less, down to nothing.
+                t_dac = min(now + self.latency, max(now, t_next))
                 data, played = self._pull(block, t_dac)
                 stream.write(data if channels == 1 else np.repeat(data[:, None], 2, axis=1))
+                t_next = t_dac + block / rate
                 self._last_write = time.monotonic()
                 if played:
                     loop.call_soon_threadsafe(self._report_played, played)
@@ -146,6 +176,19 @@ class SoundDeviceSpeaker(BufferedSpeaker):
                 stream.close()
             except Exception:   # a dead device must not hide the first error  # noqa: BLE001, S110
                 pass
+
+    def _park(self, stop: threading.Event) -> None:
+        """Write nothing until there is something to play (or the speaker closes)."""
+        self._wake.clear()
+        if self.buffer.active:   # a write slipped in before the clear
+            return
+        self.parks += 1
+        while not stop.is_set() and not self._wake.wait(0.5):
+            self._last_write = time.monotonic()   # resting, not stalled
+        self._last_write = time.monotonic()
+
+    def _kick(self) -> None:
+        self._wake.set()
 
     def _set_state(self, state: str, error: AudioDeviceError | None) -> None:
         self.state, self.error = state, error
