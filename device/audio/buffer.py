@@ -233,7 +233,10 @@ class BufferedSpeaker:
     async def drain(self) -> None:
         """Wait until everything queued (replies and earcons) has been heard."""
         while self.busy or self.buffer.active or time.monotonic() < self._sound_until:
-            await asyncio.sleep(0.01)
+            # Sleep until it should be over (not 100 times a second through every reply).
+            now = time.monotonic()
+            left = max(self.buffer.queued_s, self._heard_until - now, self._sound_until - now)
+            await asyncio.sleep(min(max(left, 0.01), 0.25))
 
     def play_earcon(self, name: str) -> None:
         """Mix a short synthesized sound into the output (see device.audio.earcons)."""
