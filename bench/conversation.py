@@ -454,7 +454,10 @@ def analyse(c: Client, conns: list[dict[str, Any]], latency_out_s: float | None)
         wire += sum(m[2] for m in audio if conv.start <= m[0] <= conv.end)
         wire += sum(m[2] for m in other if conv.start <= m[0] <= conv.end)
         pcm += sum(m[1] for m in audio if conv.start <= m[0] <= conv.end)
-        runs = loud_runs(conv.audio, rate, 0.15)
+        # Any sound counts (10 ms): a reply broken up by an underrun must not be dated by
+        # its first unbroken 150 ms. Earcons sound at the press and at link-up, before any
+        # turn has ended.
+        runs = loud_runs(conv.audio, rate, 0.01)
         times = [conv.rec.time_of(s) for s, _ in runs]
         for turn in conv.turns:
             row: dict[str, Any] = {"kind": turn.kind}
