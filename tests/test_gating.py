@@ -77,3 +77,42 @@ def test_muting_from_another_thread_takes_effect_at_the_next_frame() -> None:
     gate.muted = False
     out = [gating.push([f]) for f in frames_of(np.concatenate([speech, room(1.5)]))]
     assert any(isinstance(e, SpeechStart) for h in out if h for e in h.events)
+
+
+def _clock_run(reads: list[tuple[int, float]]) -> list[tuple[float, float, int]]:
+    """(first-sample time, read time, samples) per block through a SampleClock at 16 kHz."""
+    from device.audio.capture import SampleClock
+    clock = SampleClock(MIC_RATE)
+    return [(clock.first_of(n, t), t, n) for n, t in reads]
+
+
+def test_mic_times_after_a_stall_are_never_in_the_future_and_keep_increasing() -> None:
+    block = 640                        # 40 ms reads
+    reads, t = [], 100.0
+    for k in range(200):
+        t += 0.04
+        if k == 50:
+            t += 0.2                   # the reader was starved for 200 ms ...
+        if 50 < k <= 55:
+            t -= 0.04                  # ... then gets the buffered blocks in a burst
+        reads.append((block, t + 0.003 * (k % 3)))
+    out = _clock_run(reads)
+    for first, t_read, n in out:
+        assert first + n / MIC_RATE <= t_read + 1e-9, "a sample dated after it was read"
+    starts = [first for first, _, _ in out]
+    assert all(b > a for a, b in zip(starts, starts[1:]))
+    # Where it matters, the times are the true ones (100 + 40 ms per block, nothing lost).
+    assert abs(starts[150] - (100.0 + 150 * 0.04)) < 0.01
+
+
+def test_mic_times_catch_up_when_samples_were_lost() -> None:
+    block = 640
+    reads, t = [], 100.0
+    for k in range(200):
+        t += 0.04 + (0.3 if k == 80 else 0.0)   # 300 ms of audio never arrived
+        reads.append((block, t))
+    out = _clock_run(reads)
+    starts = [first for first, _, _ in out]
+    assert all(b > a for a, b in zip(starts, starts[1:]))
+    first, t_read, n = out[120]                  # 1.6 s later: the times are right again
+    assert abs(first + n / MIC_RATE - t_read) < 0.01
