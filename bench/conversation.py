@@ -33,7 +33,9 @@ Figures (each p50/p95 over every turn of every conversation):
                         client's output latency as PortAudio reports it (the device buffer).
   speech_end_to_sound   what the child waits: end of speech -> reply heard.
   barge_in              edge (Talkie) or speech onset (baseline) -> the last loud sample
-                        before 150 ms of silence at the sink.
+                        before 150 ms of silence at the sink. The baseline plays on: the
+                        simulator (like the service) has sent the whole reply by then, so
+                        no `interrupted` comes, and its playback queue holds the rest.
   cpu                   process CPU seconds (all threads, /proc) per second of conversation;
                         idle (between conversations) apart.
   upload                bytes the simulator received per conversation (JSON frames, base64

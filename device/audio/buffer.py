@@ -268,7 +268,9 @@ class BufferedSpeaker:
             self._heard_until = t_dac + n / self.device_rate
         if had_sound:
             self._sound_until = t_dac + n / self.device_rate
-        return block, [(t_recv, t_dac + off / self.device_rate) for t_recv, off in marks]
+        # never before it arrived: with an empty device buffer `t_dac` is the time of the pull
+        return block, [(t_recv, max(t_recv, t_dac + off / self.device_rate))
+                       for t_recv, off in marks]
 
     def _report_played(self, played: list[tuple[float, float]]) -> None:
         cb = self.on_played
