@@ -65,7 +65,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from device.audio.pulse_harness import PulseServer, Recording, espeak  # noqa: E402
+from device.audio.pulse_harness import PulseServer, Recording, Timeline, espeak  # noqa: E402
 from device.config import Config  # noqa: E402
 
 PY = sys.executable
@@ -176,6 +176,7 @@ class Conversation:
     barge_edge: float | None = None       # what the child did to interrupt (see docstring)
     audio: np.ndarray | None = None       # the sink, from `start`
     rec: Recording | None = None
+    clock: Timeline | None = None         # dates `audio`, taken when it ended
     idle_cpu: float = 0.0
     idle_s: float = 0.0
 
@@ -400,6 +401,7 @@ async def one_conversation(c: Client, lines: list[Speech]) -> Conversation:
     conv.end = time.monotonic()
     conv.cpu = c.cpu() - cpu0
     conv.audio = rec.samples()
+    conv.clock = rec.timeline()
     idle0 = c.cpu()
     await asyncio.sleep(IDLE_S)
     conv.idle_cpu, conv.idle_s = c.cpu() - idle0, IDLE_S
@@ -460,7 +462,8 @@ def analyse(c: Client, conns: list[dict[str, Any]], latency_out_s: float | None)
         # its first unbroken 150 ms. Earcons sound at the press and at link-up, before any
         # turn has ended.
         runs = loud_runs(conv.audio, rate, 0.01)
-        times = [conv.rec.time_of(s) for s, _ in runs]
+        assert conv.clock is not None
+        times = [conv.clock.time_of(s) for s, _ in runs]
         for turn in conv.turns:
             row: dict[str, Any] = {"kind": turn.kind}
             first = next((m[0] for m in audio if m[0] > turn.edge), None)
@@ -490,6 +493,7 @@ def analyse(c: Client, conns: list[dict[str, Any]], latency_out_s: float | None)
                 else:
                     r2s.append(onset - reply[0])
                     row["reply_to_sound_ms"] = round((onset - reply[0]) * 1000, 1)
+                    row["speech_end_to_reply_ms"] = round((reply[0] - turn.end) * 1000, 1)
             rows.append(row)
         if conv.barge_edge is not None:
             barge.append(silence_after(conv, conv.barge_edge))
@@ -524,15 +528,15 @@ def analyse(c: Client, conns: list[dict[str, Any]], latency_out_s: float | None)
 
 def silence_after(conv: Conversation, t: float) -> float:
     """Seconds from `t` to the last loud sample before 150 ms of silence at the sink."""
-    assert conv.rec is not None and conv.audio is not None
+    assert conv.rec is not None and conv.audio is not None and conv.clock is not None
     rate = conv.rec.rate
-    i0 = index_at(conv.rec, t)
+    i0 = conv.clock.index_at(t)
     loud = np.flatnonzero(np.abs(conv.audio[i0:].astype(np.int32)) > LOUD)
     if not len(loud):
         return 0.0
     gaps = np.flatnonzero(np.diff(loud) > 0.15 * rate)
     last = loud[gaps[0]] if len(gaps) else loud[-1]
-    return max(0.0, conv.rec.time_of(i0 + int(last)) - t)
+    return max(0.0, conv.clock.time_of(i0 + int(last)) - t)
 
 
 # --- running it ----------------------------------------------------------------------------
@@ -656,6 +660,7 @@ async def idle_conversation(c: Client) -> Conversation:
     conv.cpu = c.cpu() - cpu0
     conv.rec = c.pulse.record()
     conv.audio = np.zeros(0, np.int16)
+    conv.clock = conv.rec.timeline()
     return conv
 
 

@@ -207,8 +207,14 @@ class MonitorRecorder:
             data = b"".join(self._chunks[i:])
         return np.frombuffer(data, np.int16)[max(0, start - base):].copy()
 
+    def marks_since(self, start: int) -> list[tuple[int, float]]:
+        """(samples since `start` at the end of a delivered block, its arrival time)."""
+        with self._lock:
+            return [(total - start, t) for total, t in self._marks if total > start]
+
     def time_of(self, index: int) -> float:
-        """Approximate monotonic time sample `index` left the sink."""
+        """Approximate monotonic time sample `index` left the sink. Blocks older than KEEP_S
+        are dropped, and then this only extrapolates: see `Recording.timeline()`."""
         with self._lock:
             for total, t in self._marks:
                 if total > index:
@@ -240,6 +246,28 @@ class Recording:
     def time_of(self, index: int) -> float:
         """Monotonic time (+-10 ms) at which sample `index` of `samples()` was played."""
         return self._rec.time_of(self._start + index)
+
+    def timeline(self) -> Timeline:
+        """The recording's clock as it stands: keep it to date samples later (the recorder
+        forgets blocks after KEEP_S, and extrapolating over minutes drifts by tens of ms)."""
+        marks = self._rec.marks_since(self._start)
+        return Timeline(self.rate, np.array([m[0] for m in marks], np.int64),
+                        np.array([m[1] for m in marks], np.float64))
+
+
+class Timeline:
+    """Sample index <-> monotonic time for a recording, from its blocks' arrival times."""
+
+    def __init__(self, rate: int, ends: np.ndarray, times: np.ndarray) -> None:
+        self.rate, self._ends, self._times = rate, ends, times
+
+    def time_of(self, index: int) -> float:
+        j = min(int(np.searchsorted(self._ends, index, side="right")), len(self._ends) - 1)
+        return float(self._times[j] - (self._ends[j] - 1 - index) / self.rate)
+
+    def index_at(self, t: float) -> int:
+        j = min(int(np.searchsorted(self._times, t)), len(self._times) - 1)
+        return max(0, int(self._ends[j] - 1 - round((self._times[j] - t) * self.rate)))
 
 
 class PulseServer:
