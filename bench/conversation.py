@@ -417,7 +417,7 @@ async def soak(c: Client, lines: list[list[Speech]], seconds: float) -> dict[str
     edge = await c.press()
     await asyncio.sleep(0.1)
     await c.release()
-    k = 0
+    k = unanswered = 0
     while time.monotonic() - start < seconds:
         s = lines[k % len(lines)][k % 3]
         k += 1
@@ -428,6 +428,7 @@ async def soak(c: Client, lines: list[list[Speech]], seconds: float) -> dict[str
             done = await wait_quiet(rec, heard)
         except TimeoutError:
             done = time.monotonic()
+            unanswered += 1
         await sleep_until(done + PAUSE_S)
         samples.append((time.monotonic() - start, c.mem()[0], c.cpu()))
     await c.press()
@@ -436,7 +437,8 @@ async def soak(c: Client, lines: list[list[Speech]], seconds: float) -> dict[str
     await asyncio.sleep(HOLD_S - 2.0)
     await c.release()
     del edge
-    return {"turns": k, "seconds": time.monotonic() - start, "samples": samples}
+    return {"turns": k, "unanswered": unanswered, "seconds": time.monotonic() - start,
+            "samples": samples}
 
 
 # --- analysis ------------------------------------------------------------------------------
@@ -557,6 +559,8 @@ def talkie_config(d: Path, sim: SimProcess, name: str) -> Path:
         f'[audio]\nbackend = "sounddevice"\ninput = "pulse"\noutput = "pulse"\n'
         f'input_rate = 16000\noutput_rate = 24000\n'
         f'[gpio]\npin_factory = "mock"\n'
+        # no 15-minute cap: the soak is one conversation (the baseline has no cap either)
+        f'[limits]\nmax_conversation_minutes = 0\n'
         f'[history]\npath = "{d / name / "history.db"}"\n')
     (d / name).mkdir(exist_ok=True)
     return path
@@ -689,14 +693,15 @@ def output_latencies(clients: list[Client]) -> dict[str, float]:
 def soak_figures(s: dict[str, Any]) -> dict[str, Any]:
     samples = s["samples"]
     if len(samples) < 4:
-        return {"turns": s["turns"], "seconds": round(s["seconds"], 1)}
+        return {"turns": s["turns"], "unanswered": s["unanswered"],
+                "seconds": round(s["seconds"], 1)}
     # RSS after the first tenth (imports, caches, first connection) against the end.
     k = max(1, len(samples) // 10)
     rss0, rss1 = statistics.median(x[1] for x in samples[k:2 * k]), samples[-1][1]
     half = len(samples) // 2
     first = (samples[half][2] - samples[0][2]) / (samples[half][0] - samples[0][0])
     second = (samples[-1][2] - samples[half][2]) / (samples[-1][0] - samples[half][0])
-    return {"turns": s["turns"], "seconds": round(s["seconds"], 1),
+    return {"turns": s["turns"], "unanswered": s["unanswered"], "seconds": round(s["seconds"], 1),
             "rss_start_mb": round(rss0, 1), "rss_end_mb": round(rss1, 1),
             "rss_growth_pct": round((rss1 - rss0) / rss0 * 100, 2),
             "cpu_per_s_first_half": round(first, 5), "cpu_per_s_second_half": round(second, 5),

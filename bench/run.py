@@ -167,6 +167,7 @@ def table(r: dict[str, Any]) -> str:
     row("peak RSS MB", lambda x: f"{x['rss_peak_mb']:.1f}")
     row("soak: RSS start -> end MB", lambda x: f"{x['soak']['rss_start_mb']} -> {x['soak']['rss_end_mb']} "
                                                f"({x['soak']['rss_growth_pct']:+.2f} %)")
+    row("soak: turns (unanswered)", lambda x: f"{x['soak']['turns']} ({x['soak']['unanswered']})")
     row("soak: CPU s/s 1st / 2nd half", lambda x: f"{x['soak']['cpu_per_s_first_half']:.4f} / "
                                                   f"{x['soak']['cpu_per_s_second_half']:.4f}")
     widths = [max(len(str(rw[i])) for rw in rows) for i in range(len(rows[0]))]
