@@ -179,6 +179,7 @@ class Conversation:
     clock: Timeline | None = None         # dates `audio`, taken when it ended
     idle_cpu: float = 0.0
     idle_s: float = 0.0
+    problem: str = ""
 
 
 class Client:
@@ -362,7 +363,32 @@ async def sleep_until(t: float) -> None:
 async def one_conversation(c: Client, lines: list[Speech]) -> Conversation:
     conv = Conversation(start=time.monotonic())
     cpu0 = c.cpu()
-    conv.rec = rec = c.pulse.record()
+    conv.rec = c.pulse.record()
+    try:
+        await talk(c, conv, lines)
+    except TimeoutError as e:   # a turn went unanswered: counted, and the next one goes on
+        conv.problem = str(e)
+    # the end: a long press (the baseline closes its session when Talkie's would)
+    edge = await c.press()
+    await sleep_until(edge + 2.0)
+    await c.end()
+    await sleep_until(edge + HOLD_S)
+    await c.release()
+    await asyncio.sleep(0.3)
+    conv.end = time.monotonic()
+    conv.cpu = c.cpu() - cpu0
+    conv.audio = conv.rec.samples()
+    conv.clock = conv.rec.timeline()
+    idle0 = c.cpu()
+    await asyncio.sleep(IDLE_S)
+    conv.idle_cpu, conv.idle_s = c.cpu() - idle0, IDLE_S
+    c.rss_samples.append((time.monotonic(), c.mem()[0], c.cpu()))
+    return conv
+
+
+async def talk(c: Client, conv: Conversation, lines: list[Speech]) -> None:
+    assert conv.rec is not None
+    rec = conv.rec
     a, b, cc = lines
     # A: cold wake, speech from the edge, the reply plays out
     edge = await c.press()
@@ -391,22 +417,6 @@ async def one_conversation(c: Client, lines: list[Speech]) -> Conversation:
     heard = await wait_sound(rec, end)
     done = await wait_quiet(rec, heard)
     await sleep_until(done + PAUSE_S)
-    # the end: a long press (the baseline closes its session when Talkie's would)
-    edge = await c.press()
-    await sleep_until(edge + 2.0)
-    await c.end()
-    await sleep_until(edge + HOLD_S)
-    await c.release()
-    await asyncio.sleep(0.3)
-    conv.end = time.monotonic()
-    conv.cpu = c.cpu() - cpu0
-    conv.audio = rec.samples()
-    conv.clock = rec.timeline()
-    idle0 = c.cpu()
-    await asyncio.sleep(IDLE_S)
-    conv.idle_cpu, conv.idle_s = c.cpu() - idle0, IDLE_S
-    c.rss_samples.append((time.monotonic(), c.mem()[0], c.cpu()))
-    return conv
 
 
 async def soak(c: Client, lines: list[list[Speech]], seconds: float) -> dict[str, Any]:
@@ -516,7 +526,9 @@ def analyse(c: Client, conns: list[dict[str, Any]], latency_out_s: float | None)
         "speech_end_to_signal": stats_ms(sig), "reply_to_sound": stats_ms(r2s),
         "speech_end_to_sound": stats_ms(e2s), "barge_in": stats_ms(barge),
         "replies_interrupted": sum(1 for r in replies if r[3]),
-        "problems": sorted(set(missing)),
+        "problems": sorted(set(missing)) + [f"{sum(1 for v in c.conversations if v.problem)} "
+                                            f"conversation(s): a reply never came"] * any(
+            v.problem for v in c.conversations),
         "turns": rows,
     }
     if latency_out_s is not None:
