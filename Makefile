@@ -34,6 +34,12 @@ demo: $(VENV)/.demo
 test: $(VENV)/.test
 	$(PY) -m pytest -q -n $(TEST_JOBS)
 
+# Latency, cost and footprint against a quickstart-style baseline: one table and
+# bench/results.json. BENCH_CONVERSATIONS (default 20) and BENCH_SOAK_S (default 120; 1800 for
+# the 30-minute figure) set the length.
+bench: $(VENV)/.test
+	$(PY) bench/run.py
+
 # A 30-minute conversation (faster than real time) switched by goAway every turn.
 soak-live: $(VENV)/.test
 	$(PY) -m pytest -q -s -m soak tests/test_live_soak.py

@@ -72,6 +72,36 @@ async def sync_all(box: Path, url: str, token: str, batch: int) -> tuple[float, 
     return took, client.sent_batches
 
 
+def measure(sizes: list[int], batch: int = 200) -> list[dict[str, float]]:
+    """Per size: history size on the box and the server, fill time, and full sync time."""
+    out = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for n in sizes:
+            box = tmp / f"box-{n}" / "history.db"
+            t = time.perf_counter()
+            fill(box, n)
+            fill_s = time.perf_counter() - t
+            server_db = tmp / f"server-{n}.db"
+            con = sdb.open_db(str(server_db))
+            token = sdb.add_device(con, "bench")
+            con.close()
+            srv = TalkieServer(Settings(db=str(server_db), host="127.0.0.1", port=0))
+            th = threading.Thread(target=srv.serve_forever, daemon=True)
+            th.start()
+            took, batches = asyncio.run(sync_all(box, srv.url, token, batch))
+            srv.shutdown()
+            srv.server_close()
+            con = sdb.open_db(str(server_db))
+            stored = con.execute("SELECT count(*) FROM messages").fetchone()[0]
+            con.close()
+            assert stored == n, (stored, n)
+            out.append({"messages": n, "box_mb": disk_size(box) / 1e6,
+                        "server_mb": disk_size(server_db) / 1e6, "fill_s": fill_s,
+                        "sync_s": took, "batches": batches, "batch": batch})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,10000,100000")
@@ -84,29 +114,12 @@ def main() -> None:
               f"{statistics.median(full):.2f} p95 {sorted(full)[189]:.2f}; NORMAL median "
               f"{statistics.median(normal):.2f} p95 {sorted(normal)[189]:.2f}; "
               f"FULL/NORMAL {statistics.median(full) / statistics.median(normal):.2f}x")
-        for n in (int(x) for x in args.sizes.split(",")):
-            box = tmp / f"box-{n}" / "history.db"
-            t = time.perf_counter()
-            fill(box, n)
-            fill_s = time.perf_counter() - t
-            server_db = tmp / f"server-{n}.db"
-            con = sdb.open_db(str(server_db))
-            token = sdb.add_device(con, "bench")
-            con.close()
-            srv = TalkieServer(Settings(db=str(server_db), host="127.0.0.1", port=0))
-            th = threading.Thread(target=srv.serve_forever, daemon=True)
-            th.start()
-            took, batches = asyncio.run(sync_all(box, srv.url, token, args.batch))
-            srv.shutdown()
-            srv.server_close()
-            con = sdb.open_db(str(server_db))
-            stored = con.execute("SELECT count(*) FROM messages").fetchone()[0]
-            con.close()
-            assert stored == n, (stored, n)
-            print(f"{n:>7} messages: box history {disk_size(box) / 1e6:6.2f} MB "
-                  f"({disk_size(box) / n:.0f} B/msg), server {disk_size(server_db) / 1e6:6.2f} MB; "
-                  f"fill {fill_s:5.1f} s; sync {took:6.2f} s in {batches} batches of "
-                  f"{args.batch} ({n / took:,.0f} msg/s)")
+    for r in measure([int(x) for x in args.sizes.split(",")], args.batch):
+        n = r["messages"]
+        print(f"{n:>7} messages: box history {r['box_mb']:6.2f} MB "
+              f"({r['box_mb'] * 1e6 / n:.0f} B/msg), server {r['server_mb']:6.2f} MB; "
+              f"fill {r['fill_s']:5.1f} s; sync {r['sync_s']:6.2f} s in {r['batches']} batches "
+              f"of {r['batch']} ({n / r['sync_s']:,.0f} msg/s)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from device.audio.backend import MIC_RATE, REPLY_RATE, Microphone, Speaker
+from device.audio.backend import REPLY_RATE, Microphone, Speaker
 from device.config import Config, Secret
 from device.events import (ButtonEvent, GoAway, Interrupted, ReplyAudio, ResumptionHandle,
                            SpeechAudio, SpeechEnd, SpeechStart, Transcript, TurnComplete)
@@ -206,11 +206,13 @@ class Daemon:
     # --- tasks -------------------------------------------------------------------------------
 
     async def _mic_task(self) -> None:
-        async for frame in self._mic.frames():
+        # The gate runs on the capture side: the loop wakes for its events (speech in 100 ms
+        # pieces) and a heartbeat, not for every 20 ms frame (device/audio/gating.py).
+        async for got in self._mic.gated(self._gate):
             if self._on_frame is not None:
                 self._on_frame()  # the watchdog's proof that audio still flows
-            self.summary.mic_audio_s += len(frame.pcm) / (2 * MIC_RATE)
-            for event in self._gate.process(frame):
+            self.summary.mic_audio_s += got.mic_s
+            for event in got.events:
                 self.post(event)
         self.post(_MicEnded())
 

@@ -294,3 +294,63 @@ def test_audio_works_under_memory_deny_write_execute(pulse):
     if r.stdout.strip() == "no-mdwe":
         pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3): cannot emulate the unit")
     assert r.returncode == 0 and r.stdout.split() == ["ok", "25"], r.stderr[-2000:]
+
+
+async def test_gate_in_the_capture_thread_hands_over_speech_whole_and_rarely(pulse):
+    speech16 = espeak("Hello teddy, can you tell me a story about a dragon?", MIC_RATE, pitch=80)
+    speech48 = (soxr.resample(speech16.astype(np.float32), MIC_RATE, 48000)).astype(np.int16)
+    mic, _ = open_audio(_cfg(input_rate=48000))
+    handovers: list = []
+    async with mic:
+        pulse.feed(np.zeros(int(2.0 * 48000), np.int16))
+        pulse.feed(speech48)
+
+        async def run():
+            async for got in mic.gated(VadGate(AudioConfig())):
+                handovers.append((time.monotonic(), got))
+                if any(isinstance(e, SpeechEnd) for e in got.events):
+                    return
+        await asyncio.wait_for(run(), 15)
+    events = [e for _, got in handovers for e in got.events]
+    assert isinstance(events[0], SpeechStart) and isinstance(events[-1], SpeechEnd)
+    up = np.frombuffer(b"".join(e.pcm for e in events if isinstance(e, SpeechAudio)), np.int16)
+    lag, corr = align(up, speech16)
+    a, b = speech_bounds(speech16, MIC_RATE)
+    assert corr > 0.9, f"uploaded audio does not match the speech (correlation {corr:.2f})"
+    assert lag + a >= int(0.5 * MIC_RATE) and lag + b <= len(up)
+    # The loop woke a few times a second (heartbeats, 100 ms pieces), not 50 times.
+    span = handovers[-1][0] - handovers[0][0]
+    assert len(handovers) <= 12 * span + 3, f"{len(handovers)} hand-overs in {span:.1f} s"
+    assert sum(got.mic_s for _, got in handovers) > 2.0
+
+
+async def test_an_idle_speaker_rests_and_a_reply_after_it_is_heard_at_once(pulse):
+    _, spk = open_audio(_cfg(output_rate=48000, volume=1.0))
+    played = []
+    with pulse.record() as rec:
+        async with spk:
+            spk.on_played = lambda tr, tp: played.append((tr, tp))
+            await asyncio.sleep(1.0)
+            assert spk.rests >= 1, "the writer kept writing silence in 10 ms blocks while idle"
+            t0 = time.monotonic()
+            spk.write(tone(440, 2.0, REPLY_RATE).tobytes(), t_received=t0)
+            await asyncio.sleep(0.3)
+            t_flush = time.monotonic()
+            spk.flush()
+            await asyncio.sleep(0.5)
+    x = rec.samples()
+    loud = np.nonzero(np.abs(x) > 2000)[0]
+    assert len(loud), "a resting speaker never woke up for the reply"
+    t_heard, t_last = rec.time_of(int(loud[0])), rec.time_of(int(loud[-1]))
+    # Margins for a loaded machine; broken, the reply never sounds or plays its whole 2 s.
+    # (bench/conversation.py measures the real figures: a few ms to sound, ~40 ms to silence.)
+    assert t_heard - t0 < 0.5, f"a resting speaker took {1000 * (t_heard - t0):.0f} ms to sound"
+    assert abs(played[0][1] - t_heard) < 0.1, f"on_played off by {played[0][1] - t_heard:+.3f} s"
+    assert t_last - t_flush < 0.5, f"sound went on {1000 * (t_last - t_flush):.0f} ms after flush"
+
+
+def test_with_an_echo_canceller_the_speaker_never_rests(pulse):
+    _, spk = open_audio(_cfg(echo_canceller="webrtc"))
+    assert spk.rest_after_s is None
+    _, spk = open_audio(_cfg())
+    assert spk.rest_after_s is not None

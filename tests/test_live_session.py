@@ -105,6 +105,21 @@ async def test_two_turns_in_one_session_with_transcripts_usage_and_compression()
         assert p.session.handle == conn.handles_sent[-1]
 
 
+async def test_speech_said_while_connecting_goes_up_in_messages_of_at_most_a_second() -> None:
+    said = speech("Hello Talkie, once upon a time there was a very small dragon")
+    async with fast_sim(faults=["slow-setup+0.5"]) as sim:
+        async with Probe(sim) as p:
+            await p.say(said)        # all of it queued before the link is up
+            await p.until(lambda: p.of(TurnComplete))
+        conn = sim.connections[0]
+        assert conn.audio == said, "the backlog arrived changed"
+        sizes = [len(m.data["realtimeInput"]["audio"]["data"].rstrip("=")) * 3 // 4
+                 for m in conn.messages if "audio" in m.data.get("realtimeInput", {})]
+        # one message per second of backlog, not one per 20 ms piece
+        assert max(sizes) <= 32_000 and len(sizes) == -(-len(said) // 32_000)
+        assert p.session.uploaded_bytes == len(said)
+
+
 async def test_goaway_mid_utterance_loses_no_audio_and_the_turn_is_answered() -> None:
     said = speech("Once upon a time there was a very small dragon")
     async with fast_sim() as sim:

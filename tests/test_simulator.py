@@ -274,6 +274,35 @@ async def test_barge_in_interrupts_the_reply() -> None:
             assert turn["turn_complete"] and sim.connections[0].replies[1].completed
 
 
+async def test_server_vad_ends_a_streamed_turn_on_silence_and_ignores_silence_alone() -> None:
+    # A client without a VAD of its own (Google's quickstart) streams its mic and never says
+    # audioStreamEnd: with server-side end-pointing on, speech then silence is a turn.
+    async with fast_sim(server_vad_silence_ms=300) as sim:
+        cfg = types.LiveConnectConfig(response_modalities=["AUDIO"])
+        async with client(sim).aio.live.connect(model=MODEL, config=cfg) as s:
+            await send_audio(s, pcm(1.0, 0), chunk=2048)           # a quiet room: no turn
+            await send_audio(s, pcm(0.5, 3000) + pcm(0.25, 0), chunk=2048)
+            await asyncio.sleep(0.3)
+            assert sim.connections[0].turn_ends == []               # 250 ms is not enough
+            await send_audio(s, pcm(0.1, 0), chunk=2048)
+            turn = await collect_turn(s)
+            assert turn["turn_complete"] and turn["audio"]
+            ends = sim.connections[0].turn_ends
+            assert [e.kind for e in ends] == ["serverVad"]
+            await send_audio(s, pcm(1.0, 0), chunk=2048)
+            await s.send_realtime_input(audio_stream_end=True)      # silence alone: no reply
+            await asyncio.sleep(0.3)
+            assert len(sim.connections[0].replies) == 1
+        # The setup's own silence duration wins over the simulator's default.
+        aad = types.AutomaticActivityDetection(silence_duration_ms=2000)
+        cfg = types.LiveConnectConfig(
+            realtime_input_config=types.RealtimeInputConfig(automatic_activity_detection=aad))
+        async with client(sim).aio.live.connect(model=MODEL, config=cfg) as s:
+            await send_audio(s, pcm(0.5, 3000) + pcm(1.0, 0), chunk=2048)
+            await asyncio.sleep(0.3)
+            assert sim.connections[1].turn_ends == []
+
+
 async def test_quiet_audio_and_no_interruption_do_not_barge_in() -> None:
     async with Simulator(voice="tone", pace=4.0, first_byte_delay_s=0.0) as sim:
         ric = types.RealtimeInputConfig(

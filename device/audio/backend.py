@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from device.audio.gating import GatedAudio
 
 #: What the Live API takes: 16 kHz, 16-bit, mono.
 MIC_RATE = 16_000
@@ -36,6 +39,11 @@ class Microphone(Protocol):
 
     def frames(self) -> AsyncIterator[MicFrame]:
         """Frames as they are captured. Ends only when a file source is exhausted."""
+        ...
+
+    def gated(self, gate: object) -> AsyncIterator[GatedAudio]:
+        """What the VAD `gate` makes of the frames, in hand-overs (device/audio/gating.py),
+        the gate run on the capture side. Ends only when a file source is exhausted."""
         ...
 
 

@@ -234,7 +234,10 @@ class BufferedSpeaker:
     async def drain(self) -> None:
         """Wait until everything queued (replies and earcons) has been heard."""
         while self.busy or self.buffer.active or time.monotonic() < self._sound_until:
-            await asyncio.sleep(0.01)
+            # Sleep until it should be over (not 100 times a second through every reply).
+            now = time.monotonic()
+            left = max(self.buffer.queued_s, self._heard_until - now, self._sound_until - now)
+            await asyncio.sleep(min(max(left, 0.01), 0.25))
 
     def play_earcon(self, name: str) -> None:
         """Mix a short synthesized sound into the output (see device.audio.earcons)."""
@@ -262,7 +265,9 @@ class BufferedSpeaker:
             self._heard_until = t_dac + n / self.device_rate
         if had_sound:
             self._sound_until = t_dac + n / self.device_rate
-        return block, [(t_recv, t_dac + off / self.device_rate) for t_recv, off in marks]
+        # never before it arrived: with an empty device buffer `t_dac` is the time of the pull
+        return block, [(t_recv, max(t_recv, t_dac + off / self.device_rate))
+                       for t_recv, off in marks]
 
     def _report_played(self, played: list[tuple[float, float]]) -> None:
         cb = self.on_played

@@ -12,6 +12,11 @@ blocking streams run (tests/test_audio_pulse.py::test_audio_works_under_memory_d
 
 Each stream is opened, used and closed on its own thread: with ALSA's pulse plugin a
 blocking stream opened on one thread and written on another stalls or fails.
+
+The daemon reads the microphone through `gated(gate)`: the capture thread then also resamples,
+cuts frames and runs the VAD gate (and the echo canceller in front of it), and wakes the event
+loop only for what the gate says (device/audio/gating.py), not 50 times a second.
+`frames()` hands every frame to the loop, for the audio check and tests.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Self
 import numpy as np
 
 from device.audio.backend import FRAME_MS, MIC_RATE, MicFrame
+from device.audio.gating import GatedAudio, Gating
 from device.audio.devices import (
     backoff_delays,
     device_label,
@@ -48,27 +54,61 @@ class SampleClock:
     A blocking read returns late now and then and several blocks at once after a hiccup, so
     the time a read returned is a noisy upper bound of when its last sample was captured. The
     sample count is exact: times advance by it, and the anchor follows the earliest read seen
-    (a late read never moves it). A gap (lost samples, a device reopened) moves it forward.
-    Frame times therefore always increase, one frame length apart while nothing is lost.
+    (a late read never moves it). Lost samples (reads late by the same amount for LOSS_S on
+    end) move it forward; a stall does not: the reads after it come early, in a burst, and
+    moving the anchor to the stalled read put frame times up to 0.2 s in the future (after a
+    reader was starved under load), which the echo canceller's reference and the latency logs
+    took at face value. Frame times always increase, one frame length apart while nothing is
+    lost. (A reopened device gets a new clock.)
     """
 
-    GAP_S = 0.05        # reads this much later than the count predicts: samples were lost
+    GAP_S = 0.05        # reads this much later than the count predicts: late, or lost samples
+    LOSS_S = 0.5        # ... for this long without an on-time read: samples were lost
     STEP_S = 0.005      # an earlier read moves the anchor back at most this much per block
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self._origin: float | None = None
         self._samples = 0
+        self._late_since: float | None = None
+        self._late_min = 0.0
 
     def first_of(self, n: int, t_read: float) -> float:
         """Time of the first of `n` samples whose last was read at `t_read`."""
         self._samples += n
         seen = t_read - self._samples / self.rate
-        if self._origin is None or seen - self._origin > self.GAP_S:
+        if self._origin is None:
             self._origin = seen
-        elif seen < self._origin:
-            self._origin = max(seen, self._origin - self.STEP_S)
+        elif seen - self._origin > self.GAP_S:
+            if self._late_since is None:
+                self._late_since, self._late_min = t_read, seen
+            else:
+                self._late_min = min(self._late_min, seen)
+                if t_read - self._late_since >= self.LOSS_S:
+                    self._origin, self._late_since = self._late_min, None
+        else:
+            self._late_since = None
+            if seen < self._origin:
+                self._origin = max(seen, self._origin - self.STEP_S)
         return self._origin + (self._samples - n) / self.rate
+
+
+#: The capture thread reads this much per call (two VAD frames): a read costs about as much
+#: CPU whatever its size, and 20 ms reads made the reading alone cost 0.0125 CPU s per second
+#: against 0.0078 for 40 ms (bench/conversation.py); the gate still decides every 20 ms.
+READ_MS = 2 * FRAME_MS
+
+
+class _GateFailed:
+    """The gate raised in the capture thread; `gated()` re-raises it in the loop."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+#: What the capture thread hands the loop: a raw block and its read time, the gate's output,
+#: or why it stopped.
+_Item = tuple[np.ndarray, float] | GatedAudio | _GateFailed | BaseException
 
 
 class SoundDeviceMicrophone:
@@ -79,7 +119,7 @@ class SoundDeviceMicrophone:
     """
 
     def __init__(self, device: str = "default", *, rate: int = 0, channels: int = 1,
-                 channel: int = 0, block_ms: int = FRAME_MS, queue_blocks: int = 50,
+                 channel: int = 0, block_ms: int = READ_MS, queue_blocks: int = 50,
                  on_state: StateCallback | None = None, stall_s: float = 2.0) -> None:
         if channel >= channels:
             raise AudioDeviceError(f"[audio] input_channel = {channel} but input_channels = "
@@ -96,8 +136,9 @@ class SoundDeviceMicrophone:
         self.overflows = 0           # blocks the loop was too slow to take
         self.device_overflows = 0    # PortAudio's own input overflows
         self.reopens = 0
-        self._queue: asyncio.Queue[tuple[np.ndarray, float] | BaseException] = \
-            asyncio.Queue(queue_blocks)
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_blocks)
+        # Set by gated(): the capture thread runs it on every block.
+        self._gating: Gating | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -171,7 +212,16 @@ class SoundDeviceMicrophone:
                     break
                 if overflowed:
                     self.device_overflows += 1
-                loop.call_soon_threadsafe(self._put, (data, t))
+                gating = self._gating
+                if gating is None:
+                    loop.call_soon_threadsafe(self._put, (data, t))
+                    continue
+                try:
+                    out: GatedAudio | _GateFailed | None = gating.push(self._to_frames(data, t))
+                except Exception as e:  # noqa: BLE001 - the gate's bug, not the device's
+                    out = _GateFailed(e)
+                if out is not None:
+                    loop.call_soon_threadsafe(self._put, out)
         except BaseException as e:   # handed to the loop, which reopens the device  # noqa: BLE001
             if not stop.is_set():
                 loop.call_soon_threadsafe(self._put, e)
@@ -182,7 +232,7 @@ class SoundDeviceMicrophone:
             except Exception:   # a dead device must not hide the first error  # noqa: BLE001, S110
                 pass
 
-    def _put(self, item: tuple[np.ndarray, float] | BaseException) -> None:
+    def _put(self, item: _Item) -> None:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -196,24 +246,48 @@ class SoundDeviceMicrophone:
     async def frames(self) -> AsyncIterator[MicFrame]:
         """Frames as they are captured; survives the device failing and coming back."""
         while True:
-            try:
-                async with asyncio.timeout(self.stall_s):  # 3.11 wait_for can eat a cancel
-                    item = await self._queue.get()
-            except TimeoutError:
-                # A read that never returns (an unplugged USB mic, a vanished PulseAudio
-                # source) raises nothing: silence from the device for this long is a failure.
-                item = AudioDeviceError(f"microphone {self._label} stopped delivering audio "
-                                        f"for {self.stall_s:.0f} s; check its cable and "
-                                        f"[audio] input")
+            item = await self._next_item()
             if isinstance(item, BaseException):
                 await self._recover(item)
-                continue
-            data, t_read = item
-            mono = pick_channel(data, self.channel) if data.ndim > 1 else data
-            out = self._resampler.process(mono.reshape(-1))
-            first = self._clock.first_of(len(out), t_read) - self._cutter.pending / MIC_RATE
-            for k, f in enumerate(self._cutter.push(out)):
-                yield MicFrame(f.tobytes(), first + k * len(f) / MIC_RATE)
+            elif isinstance(item, tuple):   # (not what gated() left over: not mixed)
+                for frame in self._to_frames(*item):
+                    yield frame
+
+    async def gated(self, gate: object) -> AsyncIterator[GatedAudio]:
+        """The gate's events, the gate run in the capture thread (see device/audio/gating.py);
+        survives the device failing and coming back, like `frames()`."""
+        self._gating = Gating(gate)
+        try:
+            while True:
+                item = await self._next_item()
+                if isinstance(item, BaseException):
+                    await self._recover(item)
+                elif isinstance(item, GatedAudio):
+                    yield item
+                elif isinstance(item, _GateFailed):
+                    raise item.error   # as if the gate had run here
+                # raw blocks read before the gate was handed over are dropped: nobody listened
+        finally:
+            self._gating = None
+
+    async def _next_item(self) -> _Item:
+        try:
+            async with asyncio.timeout(self.stall_s):  # 3.11 wait_for can eat a cancel
+                return await self._queue.get()
+        except TimeoutError:
+            # A read that never returns (an unplugged USB mic, a vanished PulseAudio
+            # source) raises nothing: silence from the device for this long is a failure.
+            return AudioDeviceError(f"microphone {self._label} stopped delivering audio "
+                                    f"for {self.stall_s:.0f} s; check its cable and "
+                                    f"[audio] input")
+
+    def _to_frames(self, data: np.ndarray, t_read: float) -> list[MicFrame]:
+        """One block read from the device as 20 ms 16 kHz mono frames with capture times."""
+        mono = pick_channel(data, self.channel) if data.ndim > 1 else data
+        out = self._resampler.process(mono.reshape(-1))
+        first = self._clock.first_of(len(out), t_read) - self._cutter.pending / MIC_RATE
+        return [MicFrame(f.tobytes(), first + k * len(f) / MIC_RATE)
+                for k, f in enumerate(self._cutter.push(out))]
 
     async def _recover(self, exc: BaseException) -> None:
         err = translate(exc, "input", self._label, self.rate) \

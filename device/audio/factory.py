@@ -7,6 +7,10 @@ from device.audio.capture import StateCallback
 from device.config import AudioConfig
 
 
+#: The speaker's writer rests after this long with nothing to play (device/audio/playback.py).
+REST_AFTER_S = 0.5
+
+
 def open_audio(cfg: AudioConfig, *, on_state: StateCallback | None = None,
                realtime: bool = True) -> tuple[Microphone, Speaker]:
     """An unopened (microphone, speaker) pair for `cfg.backend`; enter each with `async with`.
@@ -27,8 +31,10 @@ def open_audio(cfg: AudioConfig, *, on_state: StateCallback | None = None,
     from device.audio.playback import SoundDeviceSpeaker
     mic = SoundDeviceMicrophone(cfg.input, rate=cfg.input_rate, channels=cfg.input_channels,
                                 channel=cfg.input_channel, on_state=on_state)
+    # The writer rests when idle, unless an echo canceller needs every played sample.
+    rest = None if getattr(cfg, "echo_canceller", "none") != "none" else REST_AFTER_S
     spk = SoundDeviceSpeaker(cfg.output, rate=cfg.output_rate, volume=cfg.volume,
                              max_volume=cfg.max_volume, prefill_ms=prefill_ms,
                              block_ms=block_ms, latency_ms=cfg.output_latency_ms,
-                             on_state=on_state)
+                             on_state=on_state, rest_after_s=rest)
     return mic, spk

@@ -22,6 +22,7 @@ import soxr
 
 from device.audio.backend import FRAME_MS, FRAME_SAMPLES, MIC_RATE, REPLY_RATE, MicFrame
 from device.audio.buffer import BufferedSpeaker
+from device.audio.gating import GatedAudio, Gating
 from device.errors import AudioDeviceError
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,15 @@ class WavMicrophone:
                 if delay > 0:
                     await asyncio.sleep(delay)
             yield MicFrame(pcm[k * FRAME_SAMPLES:(k + 1) * FRAME_SAMPLES].tobytes(), t)
+
+    async def gated(self, gate: object) -> AsyncIterator[GatedAudio]:
+        """The gate's events in the batches the sounddevice microphone hands over (here the
+        gate runs in the loop: a file has no capture thread), then what is left at the end."""
+        gating = Gating(gate)
+        async for frame in self.frames():
+            if (out := gating.push([frame])) is not None:
+                yield out
+        yield gating.flush()
 
 
 class WavSpeaker(BufferedSpeaker):

@@ -12,6 +12,15 @@ thread that misses its turn for longer than that is a click the child hears, and
 says so (`device_underruns`). A `flush()` (barge-in) must not wait for that buffer to play
 out, so the writer thread then aborts the stream, which drops what the device holds, and
 starts it again: silence within about a block.
+
+With `rest_after_s` set, the writer rests after that long with nothing to play: it writes the
+silence in blocks of REST_BLOCKS (30 ms) instead of 10 ms, so it wakes a third as often;
+writing silence 100 times a second cost the box more CPU than anything else while it listened
+(bench/conversation.py). A reply that comes then waits at most one such block. (Stopping the
+stream instead saved more, but a restarted stream is prebuffered by PulseAudio's ALSA plugin:
+it took 150 ms at once and then nothing for 95 ms, which left a hole in the first word.)
+Never rests while an echo canceller runs: it needs the reference of every sample on a steady
+clock, in the same blocks.
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ from device.errors import AudioDeviceError
 
 log = logging.getLogger(__name__)
 
+#: A resting writer writes this many blocks at a time.
+REST_BLOCKS = 3
+
 
 class SoundDeviceSpeaker(BufferedSpeaker):
     """A PortAudio output as a Speaker. Reopens with jittered backoff if the device fails."""
@@ -44,9 +56,11 @@ class SoundDeviceSpeaker(BufferedSpeaker):
     def __init__(self, device: str = "default", *, rate: int = 0, volume: float = 0.8,
                  max_volume: float = 1.0, prefill_ms: int = 60, block_ms: int = 10,
                  latency_ms: int = 60, on_state: StateCallback | None = None,
-                 stall_s: float = 2.0) -> None:
+                 stall_s: float = 2.0, rest_after_s: float | None = None) -> None:
         self.device_spec = device
         self.latency_ms = latency_ms
+        self.rest_after_s = rest_after_s
+        self.rests = 0   # times the writer went over to resting (for benches and tests)
         self.stall_s = stall_s
         self._last_write = time.monotonic()
         self.block_ms = block_ms
@@ -150,17 +164,31 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         self.channels = channels
         self.latency = float(stream.latency)
         started.set()
+        idle_since: float | None = None
+        resting = False
         try:
             while not stop.is_set():
                 if self._abort.is_set():
                     self._abort.clear()
                     stream.abort()   # drops what the device still holds of a flushed reply
                     stream.start()
+                n = block
+                if self.rest_after_s is not None and not self.buffer.active:
+                    now = time.monotonic()
+                    idle_since = idle_since or now
+                    if now - idle_since >= self.rest_after_s:
+                        n = block * REST_BLOCKS   # silence in longer writes: fewer wake-ups
+                        if not resting:
+                            resting = True
+                            self.rests += 1
+                else:
+                    idle_since, resting = None, False
                 # Heard once what the device holds has played: the latency while this thread
-                # keeps it full (room for a block or so), less what ran out while it was late.
-                ran_out = max(0, stream.write_available - block) / self.device_rate
+                # keeps it full (room for a block or so), less what ran out while it was late
+                # or resting.
+                ran_out = max(0, stream.write_available - n) / self.device_rate
                 t_dac = time.monotonic() + max(0.0, self.latency - ran_out)
-                data, played = self._pull(block, t_dac)
+                data, played = self._pull(n, t_dac)
                 if stream.write(data if channels == 1 else np.repeat(data[:, None], 2, axis=1)):
                     self.device_underruns += 1    # PortAudio: this block came too late
                 self._last_write = time.monotonic()

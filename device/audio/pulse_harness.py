@@ -12,6 +12,8 @@ root too (`--system=false`, anonymous auth on its own socket). `PULSE_SERVER` po
 Devices, per rate R in `rates`: sink `spkR` (record its `spkR.monitor`), source `micR` fed
 from a FIFO by a writer thread in real time (speech when given, silence otherwise).
 `use(R)` makes them the defaults, which is what PortAudio's 'pulse' and 'default' devices use.
+`noise_rms` adds white noise to the mic (a room is never digital silence: in digital silence the
+VAD gate's adaptive floor cannot reject a near-silent tail, see bench/conversation.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, Self
 import numpy as np
 
 from device.audio.backend import MicFrame, Microphone
+from device.audio.gating import GatedAudio
 from device.errors import AudioDeviceError
 
 
@@ -44,8 +47,10 @@ class PipeFeeder:
 
     CHUNK_MS = 10
 
-    def __init__(self, fifo: Path, rate: int) -> None:
+    def __init__(self, fifo: Path, rate: int, noise_rms: float = 0.0) -> None:
         self.rate = rate
+        #: White noise added to everything written (a room is never digital silence).
+        self.noise_rms = noise_rms
         self._fifo = fifo
         self._queue: queue.Queue[np.ndarray] = queue.Queue()
         self._stop = threading.Event()
@@ -97,6 +102,7 @@ class PipeFeeder:
         silence = np.zeros(n, np.int16)
         pending = np.zeros(0, np.int16)
         deadline = time.monotonic()
+        rng = np.random.default_rng(0)
         while not self._stop.is_set():
             if self._drop.is_set():
                 self._drop.clear()
@@ -121,6 +127,9 @@ class PipeFeeder:
                     self._idle.set()
             else:
                 chunk = silence
+            if self.noise_rms:
+                chunk = np.clip(chunk + rng.normal(0, self.noise_rms, n), -32768, 32767
+                                ).astype(np.int16)
             assert self._fd is not None
             try:
                 os.write(self._fd, chunk.tobytes())
@@ -215,8 +224,15 @@ class MonitorRecorder:
             data = b"".join(self._chunks[k:])
         return np.frombuffer(data, np.int16)[max(0, start - first):].copy()
 
+    def marks_since(self, start: int) -> list[tuple[int, float]]:
+        """(samples since `start` at the end of a delivered block, its arrival time)."""
+        with self._lock:
+            k = bisect.bisect_right(self._ends, start)
+            return [(total - start, t) for total, t in zip(self._ends[k:], self._times[k:])]
+
     def time_of(self, index: int) -> float:
-        """Approximate monotonic time sample `index` left the sink."""
+        """Approximate monotonic time sample `index` left the sink. Blocks older than KEEP_S
+        are dropped, and then this only extrapolates: see `Recording.timeline()`."""
         with self._lock:
             k = bisect.bisect_right(self._ends, index)
             if k == len(self._ends):
@@ -254,13 +270,37 @@ class Recording:
         """Monotonic time (+-10 ms) at which sample `index` of `samples()` was played."""
         return self._rec.time_of(self._start + index)
 
+    def timeline(self) -> Timeline:
+        """The recording's clock as it stands: keep it to date samples later (the recorder
+        forgets blocks after KEEP_S, and extrapolating over minutes drifts by tens of ms)."""
+        marks = self._rec.marks_since(self._start)
+        return Timeline(self.rate, np.array([m[0] for m in marks], np.int64),
+                        np.array([m[1] for m in marks], np.float64))
+
+
+class Timeline:
+    """Sample index <-> monotonic time for a recording, from its blocks' arrival times."""
+
+    def __init__(self, rate: int, ends: np.ndarray, times: np.ndarray) -> None:
+        self.rate, self._ends, self._times = rate, ends, times
+
+    def time_of(self, index: int) -> float:
+        j = min(int(np.searchsorted(self._ends, index, side="right")), len(self._ends) - 1)
+        return float(self._times[j] - (self._ends[j] - 1 - index) / self.rate)
+
+    def index_at(self, t: float) -> int:
+        j = min(int(np.searchsorted(self._times, t)), len(self._times) - 1)
+        return max(0, int(self._ends[j] - 1 - round((self._times[j] - t) * self.rate)))
+
 
 class PulseServer:
     """A private PulseAudio server with null sinks and pipe sources at the given rates."""
 
-    def __init__(self, root: Path, rates: tuple[int, ...] = (48_000, 44_100)) -> None:
+    def __init__(self, root: Path, rates: tuple[int, ...] = (48_000, 44_100),
+                 noise_rms: float = 0.0) -> None:
         self.root = Path(root)
         self.rates = rates
+        self.noise_rms = noise_rms
         self.socket = self.root / "native"
         self.feeders: dict[int, PipeFeeder] = {}
         self.recorders: dict[int, MonitorRecorder] = {}
@@ -306,7 +346,7 @@ class PulseServer:
         else:
             raise PulseError("pulseaudio did not come up in 15 s:\n" + self.log_text())
         for r in self.rates:
-            f = PipeFeeder(self.root / f"mic{r}.fifo", r)
+            f = PipeFeeder(self.root / f"mic{r}.fifo", r, self.noise_rms)
             f.start()
             self.feeders[r] = f
             self.recorders[r] = MonitorRecorder(self, f"spk{r}", r)
@@ -403,11 +443,21 @@ class FedMicrophone:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._mic, name)   # overflows, state, ...: the real microphone's
 
+    def _heard_all(self, t: float) -> bool:
+        started = self._feeder.started_at
+        return started is not None and t >= started + self._seconds
+
     async def frames(self) -> AsyncIterator[MicFrame]:
         async for frame in self._mic.frames():
             yield frame
-            started = self._feeder.started_at
-            if started is not None and frame.t >= started + self._seconds:
+            if self._heard_all(frame.t):
+                return
+
+    async def gated(self, gate: object) -> AsyncIterator[GatedAudio]:
+        # A hand-over carries no capture time; it comes within a batch of the capture.
+        async for got in self._mic.gated(gate):
+            yield got
+            if self._heard_all(time.monotonic()):
                 return
 
 

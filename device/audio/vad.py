@@ -115,7 +115,7 @@ class VadGate:
     `process(frame)` takes 10, 20 or 30 ms of 16 kHz mono PCM and returns the events it causes:
     on a start, SpeechStart then the pre-roll frames then the frame itself; while speaking, one
     SpeechAudio per frame (hangover included); at the end, the last SpeechAudio then SpeechEnd.
-    Not thread-safe: call it from one task.
+    Not thread-safe: call `process` from one thread (`muted` may be set from another).
     """
 
     def __init__(self, cfg: object = None, *, echo: EchoCanceller | None = None) -> None:
@@ -157,9 +157,9 @@ class VadGate:
 
     @muted.setter
     def muted(self, value: bool) -> None:
+        # Only a flag: the loop sets it while the capture thread runs `process`, which drops
+        # the pre-roll itself (device/audio/gating.py).
         self._muted = bool(value)
-        if self._muted:
-            self._ring.clear()
 
     def push_reference(self, pcm: bytes) -> None:
         """Give the echo canceller what the speaker played (16 kHz, frame-aligned)."""
@@ -185,6 +185,7 @@ class VadGate:
             frame = MicFrame(pcm, frame.t)
         frame_ms = len(pcm) * 500 / MIC_RATE
         if self._muted:
+            self._ring.clear()
             if self._active:
                 self._active = False
                 self._held.clear()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import re
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: Audio kept while the link is down: 30 s of 16 kHz PCM. Older audio is dropped first.
 MAX_PENDING_BYTES = 30 * 16_000 * 2
+#: The most audio one message carries when a backlog goes up: 1 s.
+MAX_MESSAGE_BYTES = 16_000 * 2
 _END = object()  # end-of-speech marker in the send queue
 
 
@@ -378,14 +381,30 @@ class LiveSession:
                     # An empty turn (a press with no speech) gets no reply: do not wait for one.
                     if self._reply_deadline is None and self._unanswered_bytes:
                         self._reply_deadline = time.monotonic() + self._cfg.live.reply_timeout_s
-                else:
-                    await session.send_realtime_input(
-                        audio=types.Blob(data=item, mime_type="audio/pcm;rate=16000"))
-                    self._pending_bytes -= len(item)
-                    self.uploaded_bytes += len(item)
+                    self._pending.popleft()
+                    self._sent(item)
+                    continue
+                # A backlog (speech said while connecting, a resent turn) goes up in messages
+                # of up to MAX_MESSAGE_BYTES, not one per piece: each message costs the SDK
+                # and the socket as much as a second of audio does.
+                items = [item]
+                size = len(item)
+                for nxt in itertools.islice(self._pending, 1, None):
+                    if nxt is _END or size + len(nxt) > MAX_MESSAGE_BYTES:
+                        break
+                    items.append(nxt)
+                    size += len(nxt)
+                data = item if len(items) == 1 else b"".join(items)
+                await session.send_realtime_input(
+                    audio=types.Blob(data=data, mime_type="audio/pcm;rate=16000"))
                 # Only now is it the socket's: a failed send leaves it queued for the next link.
-                self._pending.popleft()
-                self._sent(item)
+                for sent in items:
+                    if not self._pending or self._pending[0] is not sent:
+                        break   # dropped meanwhile (over 30 s queued): not ours to count
+                    self._pending.popleft()
+                    self._pending_bytes -= len(sent)
+                    self.uploaded_bytes += len(sent)
+                    self._sent(sent)
             if self._go_away.is_set():
                 return  # leave the rest for the next connection
             self._wake.clear()

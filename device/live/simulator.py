@@ -38,6 +38,13 @@ What it does (see /work/shared/live-protocol.md for the protocol facts):
 
 An ``audioStreamEnd`` with no audio or text since the previous turn end starts no reply.
 
+Server-side end-pointing (``server_vad_silence_ms``, off by default): with automatic activity
+detection on, a turn also ends (``TurnEnd.kind == "serverVad"``) once the client streamed
+speech (20 ms pieces louder than ``barge_in_rms``) and then this long without it, as the real
+service does for a client that streams its microphone without a VAD of its own (Google's
+quickstart). The setup's ``silenceDurationMs`` overrides the default. While it is on, a turn
+that held no speech gets no reply (the real service does not answer silence).
+
 Faults (:class:`Fault`, chosen per connection/turn by :class:`FaultPlan`) and what the
 google-genai 3.4.0 SDK raises (verified in tests/test_simulator_faults.py):
 
@@ -255,6 +262,8 @@ class ClientMessage:
 
     t: float
     data: dict[str, Any]
+    #: Size of the frame as it came off the socket (JSON text, base64 audio included).
+    wire_bytes: int = 0
 
     def __repr__(self) -> str:
         # Audio payloads are long; show their size instead.
@@ -493,6 +502,7 @@ class Simulator:
         setup_timeout_s: float = 30.0,
         handle_after_turn_complete: bool = False,
         reply_texts: Iterable[str] | None = None,
+        server_vad_silence_ms: int | None = None,
     ) -> None:
         if pace <= 0:
             raise ValueError("pace must be > 0 (a multiple of real time, e.g. 4.0)")
@@ -513,6 +523,8 @@ class Simulator:
         self.handle_after_turn_complete = handle_after_turn_complete
         #: What the toy says, turn after turn (cycled); default: the built-in sentences.
         self.reply_texts: tuple[str, ...] = tuple(reply_texts or _REPLIES)
+        #: End a turn after this much silence following speech (None: only on client signals).
+        self.server_vad_silence_ms = server_vad_silence_ms
         self._cert_dir = cert_dir
         self._certs: CertPaths | None = None
         self._server: Server | None = None
@@ -779,6 +791,9 @@ class _Session:
         self.in_transcription = False
         self.out_transcription = False
         self.turn_audio = 0  # bytes of 16 kHz audio in the current user turn
+        self.vad_silence_ms: int | None = None  # server-side end-pointing, if on
+        self.turn_speech = False  # the current turn held speech (server VAD)
+        self.vad_quiet_ms = 0.0  # silence streamed since the last speech
         self.turn_text: list[str] = []
         self.reply_task: asyncio.Task[None] | None = None
         self.replies: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
@@ -847,7 +862,9 @@ class _Session:
             msg = None
         if not isinstance(msg, dict):
             await self.close(1007, INVALID_ARGUMENT)
-        self.rec.messages.append(ClientMessage(time.monotonic(), normalise_keys(msg)))
+        self.rec.messages.append(
+            ClientMessage(time.monotonic(), normalise_keys(msg), len(raw))
+        )
         self.sim._notify()
         return msg
 
@@ -896,6 +913,9 @@ class _Session:
         )
         self.no_interruption = ric.get("activityHandling") == "NO_INTERRUPTION"
         self.in_transcription = "inputAudioTranscription" in setup
+        if sim.server_vad_silence_ms is not None and not self.aad_disabled:
+            aad = ric.get("automaticActivityDetection") or {}
+            self.vad_silence_ms = int(aad.get("silenceDurationMs") or sim.server_vad_silence_ms)
         self.out_transcription = "outputAudioTranscription" in setup
         plan = sim._fault(self.rec, Fault.SLOW_SETUP, 0)
         if plan:
@@ -947,6 +967,8 @@ class _Session:
                 await self.close(1007, INVALID_ARGUMENT)
             self.rec.audio_buf += pcm
             self.turn_audio += len(pcm)
+            if self.vad_silence_ms is not None and await self._end_point(pcm):
+                continue
             if (
                 self.reply_task is not None
                 and not self.reply_task.done()
@@ -974,6 +996,22 @@ class _Session:
                 await self.close(1007, INVALID_ARGUMENT)
             await self._end_turn("audioStreamEnd")
 
+    async def _end_point(self, pcm: bytes) -> bool:
+        """Server-side VAD: True when this audio ended the turn (silence after speech)."""
+        assert self.vad_silence_ms is not None
+        piece = MIC_RATE * 2 // 50  # 20 ms
+        for i in range(0, len(pcm), piece):
+            part = pcm[i : i + piece]
+            if _rms(part) > self.sim.barge_in_rms:
+                self.turn_speech = True
+                self.vad_quiet_ms = 0.0
+            elif self.turn_speech:
+                self.vad_quiet_ms += len(part) * 500 / MIC_RATE
+                if self.vad_quiet_ms >= self.vad_silence_ms:
+                    await self._end_turn("serverVad")
+                    return True
+        return False
+
     async def _barge_in(self) -> None:
         task = self.reply_task
         if task is None:
@@ -993,8 +1031,11 @@ class _Session:
         text = " ".join(self.turn_text).strip()
         self.turn_audio = 0
         self.turn_text = []
+        had_speech, self.turn_speech, self.vad_quiet_ms = self.turn_speech, False, 0.0
         if not text and seconds == 0 and kind == "audioStreamEnd":
             return  # an empty stream end (e.g. after a turn already ended) is not a turn
+        if not text and self.vad_silence_ms is not None and not had_speech:
+            return  # with server-side VAD, silence alone is not a turn
         heard = text if text else f"[{seconds:.1f} s of audio]"
         self.replies.put_nowait(
             (int(seconds * TOKENS_PER_AUDIO_SECOND) + max(0, len(text) // 4), heard)
@@ -1086,6 +1127,8 @@ class _Session:
             delay = start + i * period - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if reply.first_chunk_t is None:
+                reply.first_chunk_t = time.monotonic()  # as it goes onto the socket
             content: dict[str, Any] = {
                 "modelTurn": {
                     "parts": [
@@ -1109,10 +1152,7 @@ class _Session:
                         }
                     }
                 )
-            now = time.monotonic()
-            if reply.first_chunk_t is None:
-                reply.first_chunk_t = now
-            reply.last_chunk_t = now
+            reply.last_chunk_t = time.monotonic()
             reply.audio_bytes += len(data)
             if i == 0:
                 if sim._fault(self.rec, Fault.CLOSE_1011_MID_REPLY, n):
@@ -1180,6 +1220,11 @@ def build_parser(
     )
     p.add_argument("--cert-dir", default=None, help="where to write the certificate")
     p.add_argument(
+        "--server-vad-ms", type=int, default=None, metavar="MS",
+        help="end a turn after MS of silence following speech, as the real service's "
+        "automatic activity detection does (default: only on the client's signals)",
+    )
+    p.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -1199,6 +1244,7 @@ async def _serve(args: argparse.Namespace) -> None:
         faults=args.fault,
         api_key=args.api_key,
         cert_dir=args.cert_dir,
+        server_vad_silence_ms=args.server_vad_ms,
     ) as sim:
         print(f"base_url {sim.base_url}", flush=True)
         print(f"ca_file  {sim.ca_file}", flush=True)
