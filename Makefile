@@ -12,9 +12,13 @@ DEMO_APT := python3-venv
 # The tests drive real PortAudio through a private PulseAudio server, real speech from espeak-ng,
 # and build systemd-python.
 TEST_APT := python3-venv libportaudio2 espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins \
-	libsystemd-dev pkg-config gcc python3-dev systemd chromium postgresql shellcheck
+	libsystemd-dev pkg-config gcc python3-dev systemd chromium postgresql shellcheck \
+	faketime iproute2
 
 .PHONY: demo test bench soak soak-live soak-audio clean
+# `make soak`: minutes of chaos for the real daemon (SOAK_MINUTES=240 for hours; SOAK_SEED=N
+# repeats a run's faults).
+SOAK_MINUTES ?= 30
 
 $(VENV)/.demo: pyproject.toml
 	@./scripts/need-apt $(DEMO_APT)
@@ -39,6 +43,12 @@ test: $(VENV)/.test
 # the 30-minute figure) set the length.
 bench: $(VENV)/.test
 	$(PY) bench/run.py
+
+# The real daemon under random faults (Live, audio devices, history server, full disk, clock
+# jumps) while a child talks; its last stdout line is a JSON summary. Needs root or user
+# namespaces (it mounts a small tmpfs in its own mount namespace) and libfaketime.
+soak: $(VENV)/.test
+	SOAK_MINUTES=$(SOAK_MINUTES) $(PY) -m tests.soak_box
 
 # A 30-minute conversation (faster than real time) switched by goAway every turn.
 soak-live: $(VENV)/.test

@@ -30,3 +30,9 @@ def pulse(pulse_server):
     pulse_server.reset()
     yield pulse_server
     pulse_server.reset()
+
+
+# --- security: no test secret (API keys, Wi-Fi password) in any output (tests/leak_scan.py) --
+
+from tests.leak_scan import (_no_secret_in_files_written, pytest_configure,  # noqa: E402,F401
+                             pytest_runtest_makereport)

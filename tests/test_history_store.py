@@ -103,14 +103,47 @@ def test_retention_deletes_old_conversations_and_their_outbox(tmp_path: Path) ->
         assert all(i.payload.get("uuid") != old for i in db.outbox_batch(100))
 
 
-async def test_full_disk_raises_clear_error_and_box_keeps_going(tmp_path: Path) -> None:
-    # max_page_count makes SQLite report SQLITE_FULL exactly as on a full SD card.
+async def test_a_full_disk_holds_turns_in_memory_and_writes_them_when_space_is_back(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # max_page_count makes SQLite report SQLITE_FULL exactly as on a full SD card (the chaos
+    # soak fills a real tmpfs).
     store = await HistoryStore.open(tmp_path / "h.db", max_pages=40)
     cid = await store.start_conversation()
-    with pytest.raises(HistoryFullError, match="disk is full.*free space"):
-        for _ in range(1000):
+    saved = 0
+    while await store.add_turn(cid, f"question {saved} " + "x" * 2000, "y" * 2000) is not None:
+        saved += 1
+        assert saved < 100, "the tiny database never filled up"
+    for i in range(3):
+        assert await store.add_turn(cid, f"held {i}", f"answer {i}") is None
+    later = await store.start_conversation()  # a new conversation while full gets its id
+    await store.add_turn(later, "after", "that")
+    await store.end_conversation(cid)
+    assert store.held_writes == 7
+    full_lines = [r for r in caplog.records if "the disk is full" in r.getMessage()]
+    assert len(full_lines) == 1, "said once, not on every turn"
+    assert "free space" in full_lines[0].getMessage()
+    assert await store.list_conversations()  # reads still work
+    # Space comes back (a parent deleted something): everything held is written, in order.
+    await store._run(lambda: store._db._db.execute("PRAGMA max_page_count=100000"))
+    assert await store.retry_held()
+    conv = await store.get_conversation(cid)
+    assert conv is not None and not conv.active
+    texts = [m.content for m in conv.messages]
+    assert texts[-7:] == ["y" * 2000, "held 0", "answer 0", "held 1", "answer 1", "held 2",
+                          "answer 2"]
+    assert [m.content for m in (await store.get_conversation(later)).messages] == ["after", "that"]
+    assert await store.outbox_size() >= 8, "held turns are queued for the server too"
+    await store.close()
+
+
+async def test_a_disk_full_for_too_long_loses_a_turn_with_a_clear_error(tmp_path: Path) -> None:
+    store = await HistoryStore.open(tmp_path / "h.db", max_pages=40)
+    store.MAX_HELD_WRITES = 3
+    cid = await store.start_conversation()
+    with pytest.raises(HistoryFullError, match="disk is still full.*this one is lost.*free space"):
+        for i in range(200):
             await store.add_turn(cid, "x" * 2000, "y" * 2000)
-    # The store still works for reads and the loop is alive.
+    assert store.held_writes == 3
     assert await store.list_conversations()
     await store.close()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from device.config import load
+from tests.leak_scan import allow_secret_in
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "AIza" "SyD-test-key-0123456789abcdefghijkl"
@@ -108,6 +109,7 @@ def sandbox(tmp_path: Path) -> dict:
     state.write_text(json.dumps({
         "ssid": "Home", "password": WIFI_PASSWORD, "active": "old-uuid-0000",
         "profiles": [{"name": "Neighbours", "uuid": "old-uuid-0000", "ssid": "Neighbours"}]}))
+    allow_secret_in(state)  # the fake NetworkManager's own store of the network's password
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_NM_STATE=str(state),
                PYTHONPATH=str(REPO))
     env.pop("GEMINI_API_KEY", None)
@@ -115,8 +117,9 @@ def sandbox(tmp_path: Path) -> dict:
     root.mkdir()
     secrets = tmp_path / "secrets"
     secrets.mkdir(mode=0o700)
-    (secrets / "wifi").write_text(WIFI_PASSWORD + "\n")
-    (secrets / "token").write_text(TOKEN + "\n")
+    for name, value in (("wifi", WIFI_PASSWORD), ("token", TOKEN)):
+        (secrets / name).write_text(value + "\n")
+        (secrets / name).chmod(0o600)  # as a parent keeps them
     return {"root": root, "env": env, "state": state, "secrets": secrets, "tmp": tmp_path}
 
 
@@ -310,6 +313,7 @@ def test_doctor_reports_each_failure_with_its_fix(sandbox):
     cred = nomic / "etc/talkie/credentials/gemini-api-key"
     cred.write_text(API_KEY + "\n")
     cred.chmod(0o644)
+    allow_secret_in(cred)  # readable by all on purpose: doctor must say so
     done = talkie(sb, "doctor", "--root", str(nomic), "--json",
                   "--skip", "network,live-api,clock,gpio,service,audio-output",
                   module="device.doctor")

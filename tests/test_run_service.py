@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from device.speech import synthesize
+from tests.leak_scan import scan
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,6 +245,7 @@ def start_box(tmp_path: Path) -> Iterator[Callable[..., Box]]:
             box.proc.kill()
             box.proc.wait(10)
         box.sock.close()
+        scan(f"talkie run stderr (pid {box.proc.pid})", "\n".join(box.stderr))
     for name in os.listdir(sockdir):
         os.unlink(os.path.join(sockdir, name))
     os.rmdir(sockdir)

@@ -212,11 +212,17 @@ class BufferedSpeaker:
         self.on_played: Callable[[float, float], None] | None = None
         self._heard_until = 0.0     # monotonic time the last pulled reply leaves the device
         self._sound_until = 0.0     # ... the last pulled reply or earcon
+        self._half_sample = b""     # an odd byte of a chunk, completed by the next chunk
 
     # --- the Speaker protocol ---
 
     def write(self, pcm: bytes, t_received: float | None = None) -> None:
-        """Queue 24 kHz int16 mono reply audio; never blocks."""
+        """Queue 24 kHz int16 mono reply audio; never blocks. A chunk of an odd byte count
+        (half a sample, a server's slip) keeps its last byte for the next chunk."""
+        if self._half_sample or len(pcm) % 2:
+            pcm = self._half_sample + pcm
+            cut = len(pcm) - len(pcm) % 2
+            pcm, self._half_sample = pcm[:cut], pcm[cut:]
         samples = np.frombuffer(pcm, np.int16)
         out = self._resampler.process(samples)
         self.buffer.push(out.astype(np.float32) / 32768.0, t_received)
@@ -224,6 +230,7 @@ class BufferedSpeaker:
     def flush(self) -> float:
         """Drop queued reply audio; silent within one device block. Returns seconds dropped."""
         self._resampler.reset()
+        self._half_sample = b""
         return self.buffer.flush()
 
     @property

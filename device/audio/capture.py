@@ -33,6 +33,7 @@ import numpy as np
 from device.audio.backend import FRAME_MS, MIC_RATE, MicFrame
 from device.audio.gating import GatedAudio, Gating
 from device.audio.devices import (
+    join_or_abandon,
     backoff_delays,
     device_label,
     find_device,
@@ -184,7 +185,7 @@ class SoundDeviceMicrophone:
     def _close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=2)
+            join_or_abandon(self._thread, f"microphone {self._label}")
             self._thread = None
 
     def _reader(self, index: int | None, rate: int, started: threading.Event,

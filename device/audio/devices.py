@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Literal
@@ -115,3 +116,17 @@ def backoff_delays(base: float = 0.5, cap: float = 10.0):
     while True:
         yield random.uniform(0, min(cap, base * 2 ** n))
         n += 1
+
+
+def join_or_abandon(thread: threading.Thread, label: str, timeout: float = 2.0) -> None:
+    """Wait for a PortAudio reader or writer thread to end. One that does not (a read or
+    write on a dead device that never returns) cannot be cancelled: it is left behind, and
+    PortAudio is then not terminated at exit, because Pa_Terminate under a thread still
+    inside Pa_ReadStream crashes the process (SIGSEGV after "stopped cleanly", which systemd
+    records as a failure)."""
+    thread.join(timeout)
+    if not thread.is_alive():
+        return
+    log.warning("the %s thread is stuck in the sound system and is left behind", label)
+    import atexit
+    atexit.unregister(sd()._exit_handler)

@@ -34,10 +34,12 @@ def read_wav(path: str | Path, rate: int = MIC_RATE, channel: int | None = None)
         with contextlib.closing(wave.open(str(path), "rb")) as w:
             nch, width, src_rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
             raw = w.readframes(w.getnframes())
+        # A file cut short (a copy that did not finish) can end mid-frame: drop that part.
+        raw = raw[:len(raw) - len(raw) % (nch * width)]
     except FileNotFoundError:
         raise AudioDeviceError(f"microphone file {path} does not exist; set [audio] input to "
                                f"an existing WAV file") from None
-    except (wave.Error, EOFError) as e:
+    except (wave.Error, EOFError, RuntimeError) as e:  # RuntimeError: a chunk size past the end
         raise AudioDeviceError(f"microphone file {path} is not a PCM WAV file ({e}); convert "
                                f"it, e.g. 'sox IN -b 16 {path}'") from None
     if width == 1:

@@ -36,6 +36,7 @@ import numpy as np
 from device.audio.buffer import BufferedSpeaker
 from device.audio.capture import StateCallback
 from device.audio.devices import (
+    join_or_abandon,
     backoff_delays,
     device_label,
     find_device,
@@ -133,7 +134,7 @@ class SoundDeviceSpeaker(BufferedSpeaker):
     def _close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=2)
+            join_or_abandon(self._thread, f"speaker {self._label}")
             self._thread = None
 
     def _writer(self, block: int, started: threading.Event, box: list[BaseException],

@@ -18,7 +18,9 @@ dedicated writer thread, so the event loop never blocks on the disk.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import errno
 import json
 import logging
@@ -88,6 +90,11 @@ MIGRATIONS: tuple[str, ...] = (
         uuid  TEXT NOT NULL,
         UNIQUE (kind, uuid)
     );
+    """,
+    # A change the server refused for good (400/413/422) is set aside with the reason, so it
+    # no longer blocks the changes behind it; it is queued again at the next start.
+    """
+    ALTER TABLE outbox ADD COLUMN refused TEXT
     """,
 )
 
@@ -423,7 +430,8 @@ class HistoryDB:
         def q(db: sqlite3.Connection) -> list[OutboxItem]:
             out: list[OutboxItem] = []
             for seq, kind, uid in db.execute(
-                    "SELECT seq, kind, uuid FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall():
+                    "SELECT seq, kind, uuid FROM outbox WHERE refused IS NULL ORDER BY seq LIMIT ?",
+                    (limit,)).fetchall():
                 if kind == "conversation":
                     r = db.execute("SELECT * FROM conversations WHERE uuid = ?", (uid,)).fetchone()
                     payload = None if r is None else _conversation_payload(_conversation(r))
@@ -444,8 +452,29 @@ class HistoryDB:
             db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
         self._write(tx)
 
+    def outbox_refuse(self, seq: int, reason: str) -> None:
+        """Set a change aside that the server refused for good; `outbox_requeue` takes it back."""
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE outbox SET refused = ? WHERE seq = ?", (reason[:500], seq))
+        self._write(tx)
+
+    def outbox_requeue(self) -> int:
+        """Queue every set-aside change again (at start: a newer server may take them)."""
+        def tx(db: sqlite3.Connection) -> int:
+            return db.execute("UPDATE outbox SET refused = NULL WHERE refused IS NOT NULL"
+                              ).rowcount
+        return self._write(tx)
+
     def outbox_size(self) -> int:
-        return self._read(lambda db: db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        """Changes waiting to be sent (not counting those set aside as refused)."""
+        return self._read(lambda db: db.execute(
+            "SELECT count(*) FROM outbox WHERE refused IS NULL").fetchone()[0])
+
+    def outbox_refused(self) -> list[tuple[int, str, str, str]]:
+        """(seq, kind, uuid, reason) of the changes set aside."""
+        return [tuple(r) for r in self._read(lambda db: db.execute(
+            "SELECT seq, kind, uuid, refused FROM outbox WHERE refused IS NOT NULL "
+            "ORDER BY seq").fetchall())]
 
 
 def _conversation(r: sqlite3.Row, n: int = 0, msgs: tuple[Message, ...] = ()) -> Conversation:
@@ -477,9 +506,17 @@ class HistoryStore:
     """The daemon's history: every call runs on one writer thread; the loop never waits on disk.
 
     Open with `store = await HistoryStore.open(path)`; close with `await store.close()`.
-    Write errors raise HistoryError (HistoryFullError on a full disk) after logging once; the
-    daemon catches HistoryError around a save and keeps talking.
+    Write errors raise HistoryError after logging once; the daemon catches HistoryError around
+    a save and keeps talking. A write the full disk refuses is kept in memory (up to
+    `MAX_HELD_WRITES`, in order) and written as soon as there is space again: before the next
+    write, and every `HELD_RETRY_S` from `run_retention`; it then returns None instead of
+    raising, so the toy keeps talking and no turn is lost to a disk that filled up for a while.
     """
+
+    #: Writes kept in memory while the disk is full (a turn is a few KB at most).
+    MAX_HELD_WRITES = 500
+    #: How often `run_retention` retries held writes.
+    HELD_RETRY_S = 20.0
 
     def __init__(self, db: HistoryDB, executor: concurrent.futures.ThreadPoolExecutor,
                  retention_days: float, recordings: bool = False) -> None:
@@ -488,6 +525,8 @@ class HistoryStore:
         self.retention_days = retention_days
         self.recordings = recordings
         self.changed = asyncio.Event()  # set on every write; the sync client waits on it
+        # Only the writer thread touches this queue.
+        self._held: collections.deque[Callable[[], Any]] = collections.deque()
 
     @classmethod
     async def open(cls, path: str | Path, *, retention_days: float = 90,
@@ -502,6 +541,13 @@ class HistoryStore:
         store = cls(db, executor, retention_days, recordings)
         if retention_days > 0:
             await store.prune()
+        try:
+            requeued = await store._run(db.outbox_requeue)
+        except HistoryError:
+            requeued = 0  # a full disk: they stay set aside until the next start
+        if requeued:
+            log.info("history sync: %d changes the server refused before are queued again",
+                     requeued)
         return store
 
     @classmethod
@@ -521,19 +567,95 @@ class HistoryStore:
             self.changed.set()
         return result
 
+    async def _write(self, fn: Callable[[], T]) -> T | None:
+        """A write that waits in memory if the disk is full (None then); see the class doc."""
+        loop = asyncio.get_running_loop()
+        held_before = len(self._held)
+        try:
+            result, wrote = await loop.run_in_executor(self._executor, self._write_or_hold, fn)
+        except HistoryError as e:
+            log.error("%s", e)
+            raise
+        if wrote:
+            self.changed.set()
+            if held_before:
+                log.info("history: the disk has space again; %d held writes saved", held_before,
+                         extra={"TALKIE_EVENT": "history_ok"})
+        elif held_before == 0:
+            log.error("history %s: the disk is full; the toy keeps talking and keeps new turns "
+                      "in memory (up to %d writes) until there is space: free space on the SD "
+                      "card or lower [history] retention_days", self._db.path,
+                      self.MAX_HELD_WRITES, extra={"TALKIE_EVENT": "history_full"})
+        return result
+
+    def _write_or_hold(self, fn: Callable[[], T]) -> tuple[T | None, bool]:
+        """On the writer thread: held writes first, in order; then fn, or hold it too."""
+        wrote = self._flush_held()
+        if not self._held:
+            try:
+                return fn(), True
+            except HistoryFullError:
+                pass
+        if len(self._held) >= self.MAX_HELD_WRITES:
+            raise HistoryFullError(f"history {self._db.path}: the disk is still full and "
+                                   f"{len(self._held)} writes wait in memory; this one is lost: "
+                                   f"free space on the SD card or lower [history] "
+                                   f"retention_days")
+        self._held.append(fn)
+        return None, wrote
+
+    def _flush_held(self) -> bool:
+        wrote = False
+        while self._held:
+            try:
+                self._held[0]()
+            except HistoryFullError:
+                return wrote
+            except HistoryError as e:  # not space: it will never succeed, so do not block on it
+                log.error("history: a held write failed and is dropped: %s", e)
+            self._held.popleft()
+            wrote = True
+        return wrote
+
+    @property
+    def held_writes(self) -> int:
+        """Writes waiting in memory for disk space."""
+        return len(self._held)
+
+    async def retry_held(self) -> bool:
+        """Try the held writes now; True once none is left."""
+        if not self._held:
+            return True
+        n = len(self._held)
+        wrote = await self._run(self._flush_held)
+        if wrote:
+            self.changed.set()
+            log.info("history: the disk has space again; %d held writes saved",
+                     n - len(self._held), extra={"TALKIE_EVENT": "history_ok"})
+        return not self._held
+
     async def close(self) -> None:
+        if self._held and not await self.retry_held():
+            log.error("history %s: the disk is still full; %d writes held in memory are lost",
+                      self._db.path, len(self._held))
         await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
         self._executor.shutdown(wait=True)
 
     async def start_conversation(self, title: str = "",
                                  metadata: Mapping[str, Any] | None = None) -> str:
-        return await self._run(lambda: self._db.start_conversation(title, metadata), write=True)
+        """Open a conversation; its uuid is returned even if the disk is full (held)."""
+        cid, ts = str(uuidlib.uuid4()), time.time()
+        await self._write(lambda: self._db.start_conversation(
+            title, metadata, started_at=ts, conversation_uuid=cid))
+        return cid
 
     async def add_turn(self, conversation_uuid: str, child_text: str, toy_text: str,
                        timings: Mapping[str, float] | None = None,
-                       usage: Usage | Mapping[str, Any] | None = None) -> Turn:
-        return await self._run(lambda: self._db.add_turn(conversation_uuid, child_text, toy_text,
-                                                         timings, usage), write=True)
+                       usage: Usage | Mapping[str, Any] | None = None) -> Turn | None:
+        """Save one turn; None if the disk is full and it waits in memory."""
+        ts = time.time()
+        return await self._write(lambda: self._db.add_turn(
+            conversation_uuid, child_text, toy_text, timings, usage, created_at=ts))
 
     async def add_recording(self, conversation_uuid: str, sender: str, wav: bytes) -> str | None:
         """Keep a WAV recording only if a parent turned [history] recordings on; else None."""
@@ -543,19 +665,27 @@ class HistoryStore:
                                write=True)
 
     async def end_conversation(self, conversation_uuid: str) -> None:
-        await self._run(lambda: self._db.end_conversation(conversation_uuid), write=True)
+        ts = time.time()
+        await self._write(lambda: self._db.end_conversation(conversation_uuid, ended_at=ts))
 
     async def prune(self) -> int:
         return await self._run(lambda: self._db.prune(self.retention_days))
 
     async def run_retention(self, every_s: float = 6 * 3600) -> None:
-        """A TaskGroup task: apply retention now and then; a failure is logged, not raised."""
+        """A TaskGroup task: apply retention now and then, and write held writes once the
+        disk has space; a failure is logged, not raised."""
+        last_prune = -every_s
         while True:
-            try:
-                await self.prune()
-            except HistoryError:
-                pass  # already logged by _run; try again next time
-            await asyncio.sleep(every_s)
+            if time.monotonic() - last_prune >= every_s:
+                last_prune = time.monotonic()
+                try:
+                    await self.prune()
+                except HistoryError:
+                    pass  # already logged by _run; try again next time
+            if self._held:
+                with contextlib.suppress(HistoryError):
+                    await self.retry_held()
+            await asyncio.sleep(min(every_s, self.HELD_RETRY_S))
 
     async def recent_turns(self, n: int) -> list[Message]:
         return await self._run(lambda: self._db.recent_turns(n))
@@ -574,3 +704,6 @@ class HistoryStore:
 
     async def outbox_size(self) -> int:
         return await self._run(self._db.outbox_size)
+
+    async def outbox_refuse(self, seq: int, reason: str) -> None:
+        await self._run(lambda: self._db.outbox_refuse(seq, reason))

@@ -38,6 +38,15 @@ API_PATH = "/api/v1/sync"
 class SyncRejected(Exception):
     """The server refused the batch for good (4xx other than 408/429): retrying cannot help."""
 
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def about_the_content(self) -> bool:
+        """400/413/422: this batch's content or size, not the token or the URL."""
+        return self.status in (400, 413, 422)
+
 
 @dataclass(frozen=True)
 class SyncSettings:
@@ -112,6 +121,9 @@ class SyncClient:
         self._ssl = ssl.create_default_context(cafile=settings.ca_file or None)
         self.sent_batches = 0
         self.failures = 0  # consecutive; drives the backoff
+        # Halved on each refused batch until the refused change is alone (then set aside).
+        self._limit = settings.batch_size
+        self.refused = 0
 
     async def run(self) -> None:
         """Send until cancelled. Never raises for network or server trouble."""
@@ -145,13 +157,36 @@ class SyncClient:
                         pass
 
     async def sync_once(self) -> int:
-        """Send one batch; returns how many changes the server stored (0: nothing queued)."""
-        items = await self.store.outbox_batch(self.settings.batch_size)
+        """Send one batch; returns how many changes it took off the queue (0: nothing queued).
+
+        A batch the server refuses for its content (400/413/422) must not block every turn
+        behind it: the next batches are halved until the refused change is alone, which is set
+        aside on the box with the reason (and queued again at the next start).
+        """
+        items = await self.store.outbox_batch(self._limit)
         if not items:
             return 0
         body, seqs = self._encode(items)
         if body is not None:
-            await asyncio.to_thread(self._post, body)
+            try:
+                await asyncio.to_thread(self._post, body)
+            except SyncRejected as e:
+                if not e.about_the_content:
+                    raise
+                if len(seqs) > 1:
+                    self._limit = max(1, len(seqs) // 2)
+                    log.info("history sync: the server refused a batch of %d changes (%s); "
+                             "trying %d at a time", len(seqs), e, self._limit)
+                    return 0
+                item = next(i for i in items if i.seq == seqs[0])
+                await self.store.outbox_refuse(item.seq, str(e))
+                self.refused += 1
+                self._limit = self.settings.batch_size
+                log.warning("history sync: the server refused one %s (%s): %s; it stays on the "
+                            "box, set aside, and is sent again at the next start",
+                            item.kind, item.payload.get("uuid", "?"), e,
+                            extra={"TALKIE_EVENT": "sync_refused"})
+                return 1
             self.sent_batches += 1
         await self.store.outbox_ack(seqs)
         return len(seqs)
@@ -183,7 +218,8 @@ class SyncClient:
         except urllib.error.HTTPError as e:
             detail = _error_text(e)
             if 400 <= e.code < 500 and e.code not in (408, 429):
-                raise SyncRejected(f"server refused the batch: HTTP {e.code} {detail}") from None
+                raise SyncRejected(f"server refused the batch: HTTP {e.code} {detail}",
+                                   e.code) from None
             raise OSError(f"server answered HTTP {e.code} {detail}") from None
         except urllib.error.URLError as e:
             raise OSError(f"cannot reach the history server: {e.reason}") from None

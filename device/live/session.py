@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import random
 import re
 import ssl
@@ -155,8 +156,9 @@ def classify(exc: BaseException) -> tuple[bool, str]:
 
 def _seconds(duration: str | None) -> float:
     """'50s' or '1.5s' (a protobuf Duration string) in seconds; 0 when unreadable."""
-    m = re.fullmatch(r"\s*([0-9.]+)s\s*", duration or "")
-    return float(m.group(1)) if m else 0.0
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)s\s*", duration or "")
+    seconds = float(m.group(1)) if m else 0.0
+    return seconds if math.isfinite(seconds) else 0.0
 
 
 class LiveSession:

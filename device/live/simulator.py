@@ -517,6 +517,7 @@ class Simulator:
         self.pace = pace
         self.chunk_ms = chunk_ms
         self.faults: list[FaultPlan] = [_as_plan(f) for f in faults]
+        self._one_shot: set[int] = set()  # ids of plans in self.faults that fire once
         self._api_key = api_key
         self.barge_in_rms = barge_in_rms
         self.setup_timeout_s = setup_timeout_s
@@ -673,11 +674,28 @@ class Simulator:
             session.spawn(session._goaway(FaultPlan(Fault.GOAWAY, seconds=seconds)))
         return len(sessions)
 
+    def inject(self, item: Fault | FaultPlan | str) -> FaultPlan:
+        """Arm a fault while running (a chaos soak): it fires once, on the first connection
+        and turn where it applies, then is gone.  ``disarm`` takes it back unfired."""
+        plan = _as_plan(item)
+        self.faults.append(plan)
+        self._one_shot.add(id(plan))
+        return plan
+
+    def disarm(self, plan: FaultPlan) -> bool:
+        """Take back an injected fault; False if it already fired."""
+        if id(plan) not in self._one_shot:
+            return False
+        self._one_shot.discard(id(plan))
+        self.faults = [p for p in self.faults if p is not plan]
+        return True
+
     def _fault(
         self, rec: ConnectionRecord, fault: Fault, turn: int
     ) -> FaultPlan | None:
         for plan in self.faults:
             if plan.fault is fault and plan.applies(rec.index) and plan.at_turn == turn:
+                self.disarm(plan)  # a one-shot fault is spent
                 rec.faults_fired.append(fault.value)
                 log.info(
                     "simulator: fault %s on connection %d turn %d",
