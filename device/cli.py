@@ -486,8 +486,7 @@ async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None
 
     `limits_clock` is the wall clock the parents' limits read (tests move it). `wrap_mic(mic)`
     may replace the microphone (simulate --audio pulse ends it with its WAV)."""
-    from device.audio.factory import open_audio
-    from device.audio.vad import VadGate
+    from device.audio.factory import open_audio, open_gate
     from device.daemon import AudioFault, Daemon
     from device.gpio.factory import Gpio
     from device.history.store import HistoryStore
@@ -514,6 +513,7 @@ async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None
                 on_audio_state(state, error)
 
         mic, speaker = open_audio(cfg.audio, on_state=audio_state)
+        gate = open_gate(cfg.audio, speaker)
         if wrap_mic is not None:
             mic = wrap_mic(mic)
         mic = await stack.enter_async_context(mic)
@@ -522,7 +522,7 @@ async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None
         await asyncio.to_thread(where.mkdir, parents=True, exist_ok=True)
         history = await HistoryStore.open_config(cfg.history)
         stack.push_async_callback(history.close)
-        daemon = Daemon(cfg, api_key, mic=mic, speaker=speaker, gate=VadGate(cfg.audio),
+        daemon = Daemon(cfg, api_key, mic=mic, speaker=speaker, gate=gate,
                         buttons=gpio, history=history,
                         limits=Limits.from_config(cfg, state_dir=where, clock=limits_clock),
                         handles=HandleStore(where / "resumption.json"), **daemon_args)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from device.audio.backend import REPLY_RATE, Microphone, Speaker
 from device.config import Config, Secret
 from device.events import (ButtonEvent, GoAway, Interrupted, ReplyAudio, ResumptionHandle,
-                           SpeechAudio, SpeechEnd, SpeechStart, Transcript, TurnComplete)
+                           SpeechAudio, SpeechEnd, SpeechStart, Transcript, TurnComplete,
+                           VoiceBargeIn)
 from device.gpio.volume import VolumeChange
 from device.live.continuity import HandleStore, recap
 from device.live.ratelimit import ConnectLimiter
@@ -167,6 +168,11 @@ class Daemon:
 
     # --- wiring ------------------------------------------------------------------------------
 
+    @property
+    def gate(self) -> Any:
+        """The VAD gate (its counters: starts, voice barge-ins)."""
+        return self._gate
+
     def add_state_listener(self, listener: Callable[[State], None]) -> None:
         """Called with every new state (LEDs, sd_notify STATUS, the status file)."""
         self._state_listeners.append(listener)
@@ -307,6 +313,9 @@ class Daemon:
                 self._audio_error = ev.error
                 self.summary.errors.append(ev.error)
                 await self._end_conversation(ev.error, State.ERROR)
+            case VoiceBargeIn():
+                if self.state is State.SPEAKING:
+                    self._barge_in("voice")
             case SpeechStart():
                 self._in_speech = True
                 self._heard_while_held |= self._button_speech
@@ -456,10 +465,12 @@ class Daemon:
         else:
             self._speaker.play_earcon("listening" if self._audio_error is None else "error")
 
-    def _barge_in(self) -> None:
-        """The button always interrupts: silence now, drop the rest of this reply, listen."""
+    def _barge_in(self, how: str = "button") -> None:
+        """Silence now, drop the rest of this reply, listen. The button always interrupts; a
+        voice does when the gate's barge-in detector heard the child over the toy."""
         dropped = self._speaker.flush()
-        log.info("barge-in (%.2f s of reply dropped)", dropped, extra={"TALKIE_EVENT": "barge_in"})
+        log.info("barge-in by %s (%.2f s of reply dropped)", how, dropped,
+                 extra={"TALKIE_EVENT": "barge_in"})
         self._discard_reply = self._awaiting_reply
         self._turn.interrupted = True
         self._gate_mute(False)

@@ -31,7 +31,14 @@ class SpeechEnd:
     t: float
 
 
-GateEvent = SpeechStart | SpeechAudio | SpeechEnd
+@dataclass(frozen=True, slots=True)
+class VoiceBargeIn:
+    """The child talked over the toy (voice barge-in, after the echo canceller); `t` is when
+    the detector was sure. The gate has opened: SpeechStart and the child's words follow."""
+    t: float
+
+
+GateEvent = SpeechStart | SpeechAudio | SpeechEnd | VoiceBargeIn
 
 
 # --- from the Live session -----------------------------------------------------------------

@@ -13,6 +13,7 @@ from device.audio import open_audio
 from device.audio.backend import FRAME_SAMPLES, MIC_RATE, REPLY_RATE, MicFrame
 from device.audio.buffer import PlaybackBuffer
 from device.audio.earcons import NAMES, earcon
+from device.audio.echo import FarEndBuffer
 from device.audio.files import WavMicrophone
 from device.audio.resample import FrameCutter, Resampler, pick_channel
 from device.audio.vad import VadGate
@@ -148,7 +149,7 @@ def test_muted_gate_streams_nothing_and_ends_a_turn(sentence):
     assert sum(isinstance(e, SpeechStart) for e in events) == 1
 
 
-def test_echo_canceller_seam_sees_mic_and_reference():
+def test_echo_canceller_seam_sees_mic_and_what_played_when_it_was_captured():
     seen = []
 
     class Recorder:
@@ -156,11 +157,13 @@ def test_echo_canceller_seam_sees_mic_and_reference():
             seen.append(far_ref)
             return bytes(len(near))   # cancels everything
 
-    gate = VadGate(AudioConfig(), echo=Recorder())
-    gate.push_reference(b"\x01\x00" * FRAME_SAMPLES)
-    x = tone(300, 1.0, MIC_RATE)
-    events, _ = _run_gate(gate, x)
-    assert events == [] and seen[0] == b"\x01\x00" * FRAME_SAMPLES and seen[1] is None
+    far = FarEndBuffer()
+    gate = VadGate(AudioConfig(), echo=Recorder(), far=far)
+    far.push(np.full(FRAME_SAMPLES, 1, np.int16), t_dac=100.0)
+    # a frame whose last sample was captured as the played block ended, then one later
+    gate.process(MicFrame(tone(300, 0.02, MIC_RATE).tobytes(), 100.0 + (FRAME_SAMPLES - 1) / MIC_RATE))
+    gate.process(MicFrame(tone(300, 0.02, MIC_RATE).tobytes(), 101.0))
+    assert seen == [b"\x01\x00" * FRAME_SAMPLES, None]
 
 
 # --- the WAV backend ---

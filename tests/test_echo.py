@@ -205,3 +205,39 @@ def test_far_end_alignment_holds_across_wraparound(chunks: list[int], frame: int
 def test_barge_in_detector_refuses_frame_sizes_webrtcvad_cannot_take() -> None:
     with pytest.raises(ValueError, match="10, 20 or 30 ms"):
         BargeInDetector(frame_ms=25)
+
+
+def test_a_muted_gate_opens_on_the_childs_stop_with_the_word_whole_and_not_on_the_toy(
+        toy_speech: np.ndarray) -> None:
+    from device.audio.backend import MicFrame
+    from device.audio.vad import VadGate
+    from device.events import SpeechAudio, SpeechStart, VoiceBargeIn
+    far = toy_speech[: 6 * RATE]
+    path = EchoPath(delay_ms=40, rt60_s=0.25, seed=5)
+    stop = espeak("stop!", voice="en-us+f4", pitch=90, speed=150)
+    at = int(4.0 * RATE)
+    child = np.zeros(len(far))
+    child[at:at + len(stop)] = stop
+    onset = (at + int(np.argmax(np.abs(stop) > 0.05 * np.max(np.abs(stop))))) / RATE
+    for with_child in (False, True):
+        buf = FarEndBuffer()
+        gate = VadGate(webrtc_cfg(), echo=WebRtcEchoCanceller(), far=buf,
+                       barge=BargeInDetector())
+        gate.muted = True   # the toy is speaking
+        mic16 = to_int16(mix(path.echo(far), child if with_child else None, 10.0))
+        far16 = to_int16(far)
+        events = []
+        for i in range(0, len(mic16) // FRAME * FRAME, FRAME):
+            buf.push(far16[i:i + FRAME], T0 + i / RATE)   # the speaker, as it plays
+            events += gate.process(MicFrame(mic16[i:i + FRAME].tobytes(),
+                                            T0 + (i + FRAME - 1) / RATE))
+        if not with_child:
+            assert events == [] and gate.muted, "the toy interrupted itself"
+            continue
+        assert isinstance(events[0], VoiceBargeIn) and isinstance(events[1], SpeechStart)
+        heard = events[0].t - T0
+        assert onset < heard <= onset + 0.3, f"'stop' at {onset:.2f} s, heard at {heard:.2f} s"
+        assert not gate.muted, "the gate opened for the child"
+        # the pre-roll reaches back before the word: "stop" goes to the toy whole
+        first = next(e for e in events if isinstance(e, SpeechAudio))
+        assert first.t - T0 <= onset, "the start of 'stop' was clipped"

@@ -13,12 +13,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from device.audio import earcons
-from device.audio.backend import REPLY_RATE
+from device.audio.backend import MIC_RATE, REPLY_RATE
 from device.audio.resample import Resampler
+
+if TYPE_CHECKING:
+    from device.audio.echo import FarEndBuffer
 
 
 @dataclass
@@ -213,6 +217,14 @@ class BufferedSpeaker:
         self._heard_until = 0.0     # monotonic time the last pulled reply leaves the device
         self._sound_until = 0.0     # ... the last pulled reply or earcon
         self._half_sample = b""     # an odd byte of a chunk, completed by the next chunk
+        self._reference: FarEndBuffer | None = None
+        self._ref_resampler: Resampler | None = None
+
+    def feed_reference(self, far: FarEndBuffer) -> None:
+        """Record everything played (replies, earcons, silence) into `far` at 16 kHz, with the
+        time it is heard: the echo canceller's reference. Call before the device opens."""
+        self._ref_resampler = Resampler(self.device_rate, MIC_RATE)
+        self._reference = far
 
     # --- the Speaker protocol ---
 
@@ -268,6 +280,8 @@ class BufferedSpeaker:
         """Next block of `n` samples, to be heard from `t_dac`; returns (block, played marks)."""
         had_reply, had_sound = self.buffer.queued_s > 0, self.buffer.active
         block, marks = self.buffer.pull(n)
+        if self._reference is not None and self._ref_resampler is not None:
+            self._reference.push(self._ref_resampler.process(block), t_dac)
         if had_reply:
             self._heard_until = t_dac + n / self.device_rate
         if had_sound:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from device.audio.backend import Microphone, Speaker
 from device.audio.capture import StateCallback
+from device.audio.vad import VadGate
 from device.config import AudioConfig
 
 
@@ -38,3 +41,18 @@ def open_audio(cfg: AudioConfig, *, on_state: StateCallback | None = None,
                              block_ms=block_ms, latency_ms=cfg.output_latency_ms,
                              on_state=on_state, rest_after_s=rest)
     return mic, spk
+
+
+def open_gate(cfg: AudioConfig, speaker: Any) -> VadGate:
+    """The VAD gate for `cfg`, with the echo canceller in front of it when one is configured
+    and installed: the speaker then records what it plays as the canceller's reference, and
+    with `barge_in = "voice"` the gate listens for the child over the toy's voice."""
+    from device.audio.bargein import BargeInDetector
+    from device.audio.echo import FarEndBuffer, make_echo_canceller, voice_barge_in
+    canceller = make_echo_canceller(cfg)
+    if canceller is None:
+        return VadGate(cfg)
+    far = FarEndBuffer()
+    speaker.feed_reference(far)
+    barge = BargeInDetector() if voice_barge_in(cfg, canceller) else None
+    return VadGate(cfg, echo=canceller, far=far, barge=barge)

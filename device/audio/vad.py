@@ -13,7 +13,12 @@ stays on in steady noise. The gate around it:
   quietest moment of the last 2 s) by `noise_guard_db`, so a fan or hum that webrtcvad
   mistakes for voice cannot hold it open, and louder than the room's usual peaks, learned
   while the gate is idle (and again when the room keeps re-opening it: `_restart`);
-- is `muted` while the box speaks (half duplex), unless an echo canceller is in front of it.
+- is `muted` while the box speaks (half duplex). With an echo canceller in front of it and a
+  `barge` detector (voice barge-in), a muted gate still listens: when the detector hears the
+  child over the toy's own voice it says VoiceBargeIn and opens, with the last `preroll_ms`
+  of the canceller's output as pre-roll, so the "stop" that interrupted is sent whole.
+  The canceller gets, for each frame, what the speaker played at the time it was captured
+  (`far`, filled by the speaker's writer thread).
 """
 
 from __future__ import annotations
@@ -22,13 +27,17 @@ import collections
 import logging
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import webrtcvad
 
 from device.audio.backend import MIC_RATE, MicFrame
-from device.events import GateEvent, SpeechAudio, SpeechEnd, SpeechStart
+from device.events import GateEvent, SpeechAudio, SpeechEnd, SpeechStart, VoiceBargeIn
+
+if TYPE_CHECKING:
+    from device.audio.bargein import BargeInDetector
+    from device.audio.echo import FarEndBuffer
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +127,17 @@ class VadGate:
     Not thread-safe: call `process` from one thread (`muted` may be set from another).
     """
 
-    def __init__(self, cfg: object = None, *, echo: EchoCanceller | None = None) -> None:
+    def __init__(self, cfg: object = None, *, echo: EchoCanceller | None = None,
+                 far: FarEndBuffer | None = None, barge: BargeInDetector | None = None) -> None:
         self.settings = s = _settings_from(cfg) if cfg is not None else GateSettings()
         self._vad = webrtcvad.Vad(s.aggressiveness)
         self.echo: EchoCanceller = echo or PassThrough()
+        #: What the speaker played, by time: the canceller's reference.
+        self.far = far
+        #: Decides a voice barge-in while muted; None: a muted gate is deaf (half duplex).
+        self.barge = barge
+        #: Voice barge-ins detected (for status and benches).
+        self.barge_ins = 0
         self._muted = False
         self._active = False
         self._ring: collections.deque[tuple[MicFrame, bool]] = collections.deque()
@@ -138,7 +154,6 @@ class VadGate:
         self._pending_db_max = max(1, s.start_window_ms // 20)
         self._idle_count = 0
         self._idle_p90: float | None = None
-        self._far: collections.deque[bytes] = collections.deque(maxlen=50)
         # Levels since the gate last started after a real rest, and the quick restarts since.
         self._run_db: collections.deque[float] = collections.deque(maxlen=500)
         self._quick_starts = 0
@@ -160,10 +175,8 @@ class VadGate:
         # Only a flag: the loop sets it while the capture thread runs `process`, which drops
         # the pre-roll itself (device/audio/gating.py).
         self._muted = bool(value)
-
-    def push_reference(self, pcm: bytes) -> None:
-        """Give the echo canceller what the speaker played (16 kHz, frame-aligned)."""
-        self._far.append(pcm)
+        if self.barge is not None:
+            self.barge.reset()   # a new reply: no half-counted run from the last one
 
     @property
     def active(self) -> bool:
@@ -180,17 +193,25 @@ class VadGate:
         """Feed one frame; get the events it causes (often none)."""
         s = self.settings
         self.frames_in += 1
-        pcm = self.echo.process(frame.pcm, self._far.popleft() if self._far else None)
-        if pcm is not frame.pcm:
+        # The reference that was playing while this frame was captured (`t` read as its last
+        # sample: if it is the first, the reference leads by a frame, which AEC3's delay
+        # estimate absorbs; one that lagged the echo could not be cancelled at all).
+        far = self.far.read_bytes(len(frame.pcm) // 2, frame.t) if self.far is not None else None
+        near = frame.pcm
+        pcm = self.echo.process(near, far)
+        if pcm is not near:
             frame = MicFrame(pcm, frame.t)
         frame_ms = len(pcm) * 500 / MIC_RATE
         if self._muted:
-            self._ring.clear()
             if self._active:
                 self._active = False
                 self._held.clear()
+                self._ring.clear()
                 return [SpeechEnd(frame.t)]
-            return []
+            if self.barge is None:
+                self._ring.clear()
+                return []
+            return self._listen_over_reply(near, frame, far, frame_ms)
         speech = self._is_speech(pcm)
         if self._active:
             out: list[GateEvent] = []
@@ -256,6 +277,29 @@ class VadGate:
         out += [SpeechAudio(f.pcm, f.t) for f, _ in frames[start:]]
         self.frames_out += len(frames) - start
         return out
+
+    def _listen_over_reply(self, near: bytes, frame: MicFrame, far: bytes | None,
+                           frame_ms: float) -> list[GateEvent]:
+        """Muted, with a barge-in detector: open only when the child talks over the toy."""
+        assert self.barge is not None
+        self._ring.append((frame, True))
+        while len(self._ring) > self.settings.preroll_ms / frame_ms:
+            self._ring.popleft()
+        if not self.barge.feed(near, frame.pcm, far):
+            return []
+        self.barge.reset()
+        self.barge_ins += 1
+        self._muted = False   # the daemon agrees when it sees VoiceBargeIn
+        frames = [f for f, _ in self._ring]
+        self._ring.clear()
+        self._active = True
+        self._silence_ms = 0.0
+        self.starts += 1
+        self.frames_out += len(frames)
+        # The trigger needed `trigger_ms` of speech: the word began about then.
+        t_start = frame.t - self.barge.trigger_ms / 1000
+        return [VoiceBargeIn(frame.t), SpeechStart(t_start),
+                *(SpeechAudio(f.pcm, f.t) for f in frames)]
 
     def reset(self) -> None:
         """Forget everything but the noise floor (e.g. after a conversation ends)."""
