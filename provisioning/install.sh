@@ -110,7 +110,8 @@ install_venv() {
         run python3 -m venv --system-site-packages "$PREFIX"
     fi
     run "$PREFIX/bin/python" -m pip install -q --upgrade pip
-    run "$PREFIX/bin/python" -m pip install -q --upgrade "$SRC"
+    # [aec]: the WebRTC echo canceller for voice barge-in (aarch64 wheels; off unless configured)
+    run "$PREFIX/bin/python" -m pip install -q --upgrade "$SRC[aec]"
     run install -d -m 0755 "$PREFIX/share/docs"
     local doc
     for doc in "$SRC"/docs/*.md; do

@@ -39,6 +39,9 @@ BLOCKING = PRELUDE + textwrap.dedent("""
     setup_logging(journal=False)
     np.fft.rfft(np.ones(4096))
     soxr.resample(np.zeros(1600, dtype=np.float32), 16000, 24000)
+    # The echo canceller (livekit's WebRTC APM through ctypes) for voice barge-in.
+    from device.audio.echo import WebRtcEchoCanceller
+    assert len(WebRtcEchoCanceller().process(bytes(640), bytes(640))) == 640
     # The audio backend's way: blocking streams, read/write from our own thread.
     with sd.InputStream(device="pulse", samplerate=16000, channels=1, dtype="int16",
                         blocksize=320) as s:
