@@ -25,7 +25,9 @@ def pulse(pulse_server):
     Open devices 'pulse' with AudioConfig(input="pulse", output="pulse"). Speak into the mic
     with `pulse.feed(int16_samples_at_48k)` (`pulse_harness.espeak` makes speech), hear the
     speaker with `with pulse.record() as rec: ...; rec.samples(); rec.time_of(i)`, switch to
-    the 44.1 kHz pair with `pulse.use(44100)`.
+    the 44.1 kHz pair with `pulse.use(44100)`. Make the mic hear the speaker with
+    `with pulse.echo_room(delay_ms=40, gain_db=-6, rt60_s=0.25) as room: ...` (off again at
+    the end of the block and of the test).
     """
     pulse_server.reset()
     yield pulse_server

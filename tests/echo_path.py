@@ -3,7 +3,8 @@
 The speaker's signal is delayed (the DAC/ADC buffers and the air between speaker and mic),
 filtered by a synthetic room impulse response (exponentially decaying noise with a given
 RT60) and mixed with the child's speech at a chosen speech-to-echo ratio. Benches and tests
-use it on numpy arrays; the real-time PulseAudio version can reuse `room_impulse_response`.
+use it on numpy arrays. `room_impulse_response` lives in device/audio/echo_room.py, whose
+`EchoRoom` is the real-time version of this path on the private PulseAudio server.
 """
 
 from __future__ import annotations
@@ -14,22 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from device.audio.echo_room import room_impulse_response
+
+__all__ = ["RATE", "EchoPath", "espeak", "mix", "room_impulse_response", "to_int16"]
+
 RATE = 16_000
-
-
-def room_impulse_response(rt60_s: float = 0.25, rate: int = RATE, length_s: float | None = None,
-                          seed: int = 0) -> np.ndarray:
-    """Exponentially decaying noise: energy falls 60 dB in `rt60_s`. Peak-normalised to 1.
-
-    A direct-path tap leads so the echo has a clear onset, as in a small toy enclosure.
-    """
-    rng = np.random.default_rng(seed)
-    n = int(rate * (length_s if length_s is not None else rt60_s))
-    t = np.arange(n) / rate
-    # amplitude decays by 60 dB (factor 1000) over rt60: exp(-6.91 t / rt60)
-    h = rng.standard_normal(n) * np.exp(-6.908 * t / rt60_s)
-    h[0] = 3.0 * np.max(np.abs(h[1:]))
-    return (h / np.max(np.abs(h))).astype(np.float64)
 
 
 @dataclass(frozen=True)

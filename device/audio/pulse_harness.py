@@ -14,6 +14,8 @@ from a FIFO by a writer thread in real time (speech when given, silence otherwis
 `use(R)` makes them the defaults, which is what PortAudio's 'pulse' and 'default' devices use.
 `noise_rms` adds white noise to the mic (a room is never digital silence: in digital silence the
 VAD gate's adaptive floor cannot reject a near-silent tail, see bench/conversation.py).
+`echo_room(...)` makes the mic hear the speaker too, through a delay and a room
+(device/audio/echo_room.py); `reset()` turns it off.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any, Self
 import numpy as np
 
 from device.audio.backend import MicFrame, Microphone
+from device.audio.echo_room import EchoRoom
 from device.audio.gating import GatedAudio
 from device.errors import AudioDeviceError
 
@@ -43,7 +46,8 @@ class PulseError(AudioDeviceError):
 
 
 class PipeFeeder:
-    """Writes a pipe source's FIFO at real-time pace: queued audio first, silence otherwise."""
+    """Writes a pipe source's FIFO at real-time pace: queued audio first, silence otherwise,
+    plus the echo of the speaker when an `EchoRoom` is set, plus the noise."""
 
     CHUNK_MS = 10
 
@@ -62,6 +66,19 @@ class PipeFeeder:
         self._thread = threading.Thread(target=self._run, name=f"pulse-feed-{rate}", daemon=True)
         #: monotonic time the first sample of the last `feed()` went into the FIFO.
         self.started_at: float | None = None
+        #: the speaker's echo mixed into every chunk (None: the mic does not hear the speaker)
+        self.echo: EchoRoom | None = None
+        #: chunks written late by more than a chunk (the writer fell behind real time)
+        self.late_chunks = 0
+
+    def set_echo(self, room: EchoRoom | None) -> None:
+        """Mix `room`'s echo into everything written from the next chunk on (None: stop)."""
+        if room is not None:
+            if room.rate != self.rate:
+                raise ValueError(f"echo room at {room.rate} Hz cannot feed the mic at "
+                                 f"{self.rate} Hz; the room does not resample")
+            room.feeder = self
+        self.echo = room
 
     def start(self) -> None:
         # O_RDWR: opening never blocks even before PulseAudio has the reading end.
@@ -127,7 +144,13 @@ class PipeFeeder:
                     self._idle.set()
             else:
                 chunk = silence
-            if self.noise_rms:
+            room = self.echo
+            if room is not None:
+                mixed = chunk + room.take(n, deadline)
+                if self.noise_rms:
+                    mixed += rng.normal(0, self.noise_rms, n)
+                chunk = np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
+            elif self.noise_rms:
                 chunk = np.clip(chunk + rng.normal(0, self.noise_rms, n), -32768, 32767
                                 ).astype(np.int16)
             assert self._fd is not None
@@ -141,6 +164,8 @@ class PipeFeeder:
                 time.sleep(delay)
             elif delay < -0.5:
                 deadline = time.monotonic()
+            if delay < -n / self.rate:
+                self.late_chunks += 1
 
     def _drain(self) -> None:
         assert self._fd is not None
@@ -247,6 +272,12 @@ class Recording:
         self.rate = recorder.rate
         self._rec = recorder
         self._start = recorder.total
+
+    @property
+    def start(self) -> int:
+        """Index of `samples()[0]` in the sink's count since server start (what
+        `EchoRoom.played_at` takes)."""
+        return self._start
 
     def __enter__(self) -> Self:
         return self
@@ -405,9 +436,25 @@ class PulseServer:
         self.rate = rate
 
     def reset(self) -> None:
+        """Echo off, nothing queued or in the FIFOs, the first rate's devices the defaults."""
         for f in self.feeders.values():
+            f.set_echo(None)
             f.clear()
         self.use(self.rates[0])
+
+    def echo_room(self, delay_ms: float = 40.0, gain_db: float = -6.0, rt60_s: float = 0.25,
+                  *, rir: np.ndarray | None = None, seed: int = 0,
+                  rate: int | None = None) -> EchoRoom:
+        """Let mic `micRATE` hear sink `spkRATE` (default: the current rate) from the next
+        10 ms on: `delay_ms` after it is played (plus the path's own latency, see
+        device/audio/echo_room.py), through a room of `rt60_s` (or impulse response `rir`
+        at that rate), `gain_db` relative to what the sink plays. Replaces the room there was;
+        off with `room.close()`, leaving its `with` block, or `reset()`."""
+        r = rate or self.rate
+        room = EchoRoom(self.recorders[r], r, delay_ms=delay_ms, gain_db=gain_db,
+                        rt60_s=rt60_s, rir=rir, seed=seed)
+        self.feeders[r].set_echo(room)
+        return room
 
     def feed(self, samples: np.ndarray, rate: int | None = None) -> PipeFeeder:
         """Speak int16 mono `samples` (at the source's rate) into the mic `micRATE`."""
