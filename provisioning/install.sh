@@ -111,7 +111,7 @@ install_venv() {
     fi
     run "$PREFIX/bin/python" -m pip install -q --upgrade pip
     # [aec]: the WebRTC echo canceller for voice barge-in (aarch64 wheels; off unless configured)
-    run "$PREFIX/bin/python" -m pip install -q --upgrade "$SRC[aec]"
+    run "$PREFIX/bin/python" -m pip install -q --upgrade "${SRC}[aec]"
     run install -d -m 0755 "$PREFIX/share/docs"
     local doc
     for doc in "$SRC"/docs/*.md; do
