@@ -513,7 +513,7 @@ async def _box(cfg: Config, api_key: Secret | None, *, state: Path | None = None
                 on_audio_state(state, error)
 
         mic, speaker = open_audio(cfg.audio, on_state=audio_state)
-        gate = open_gate(cfg.audio, speaker)
+        gate = open_gate(cfg.audio, mic, speaker)
         if wrap_mic is not None:
             mic = wrap_mic(mic)
         mic = await stack.enter_async_context(mic)

@@ -350,7 +350,13 @@ async def test_an_idle_speaker_rests_and_a_reply_after_it_is_heard_at_once(pulse
 
 
 def test_with_an_echo_canceller_the_speaker_never_rests(pulse):
-    _, spk = open_audio(_cfg(echo_canceller="webrtc"))
+    from device.audio.factory import open_gate
+    cfg = _cfg(echo_canceller="webrtc", barge_in="voice")
+    mic, spk = open_audio(cfg)
+    open_gate(cfg, mic, spk)
     assert spk.rest_after_s is None
-    _, spk = open_audio(_cfg())
-    assert spk.rest_after_s is not None
+    assert mic.block_ms == 20, "voice barge-in reads the mic in 20 ms blocks"
+    cfg = _cfg()
+    mic, spk = open_audio(cfg)
+    open_gate(cfg, mic, spk)
+    assert spk.rest_after_s is not None and mic.block_ms == 40

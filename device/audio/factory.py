@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from device.audio.backend import FRAME_MS, Microphone, Speaker
-from device.audio.capture import READ_MS, StateCallback
+from device.audio.capture import StateCallback
 from device.audio.vad import VadGate
 from device.config import AudioConfig
 
@@ -32,25 +32,23 @@ def open_audio(cfg: AudioConfig, *, on_state: StateCallback | None = None,
         return mic, spk
     from device.audio.capture import SoundDeviceMicrophone
     from device.audio.playback import SoundDeviceSpeaker
-    # Voice barge-in waits on the read: 20 ms reads hear "stop" 20 ms sooner than 40 ms ones
-    # (bench/voice_bargein.py), for about 0.005 CPU s per s more (bench/conversation.py).
-    voice = getattr(cfg, "barge_in", "button") == "voice"
     mic = SoundDeviceMicrophone(cfg.input, rate=cfg.input_rate, channels=cfg.input_channels,
-                                channel=cfg.input_channel, on_state=on_state,
-                                block_ms=FRAME_MS if voice else READ_MS)
-    # The writer rests when idle, unless an echo canceller needs every played sample.
-    rest = None if getattr(cfg, "echo_canceller", "none") != "none" else REST_AFTER_S
+                                channel=cfg.input_channel, on_state=on_state)
+    # The writer rests when idle; `open_gate` turns that off when a canceller runs.
     spk = SoundDeviceSpeaker(cfg.output, rate=cfg.output_rate, volume=cfg.volume,
                              max_volume=cfg.max_volume, prefill_ms=prefill_ms,
                              block_ms=block_ms, latency_ms=cfg.output_latency_ms,
-                             on_state=on_state, rest_after_s=rest)
+                             on_state=on_state, rest_after_s=REST_AFTER_S)
     return mic, spk
 
 
-def open_gate(cfg: AudioConfig, speaker: Any) -> VadGate:
+def open_gate(cfg: AudioConfig, mic: Any, speaker: Any) -> VadGate:
     """The VAD gate for `cfg`, with the echo canceller in front of it when one is configured
-    and installed: the speaker then records what it plays as the canceller's reference, and
-    with `barge_in = "voice"` the gate listens for the child over the toy's voice."""
+    and installed: the speaker then records what it plays as the canceller's reference (and
+    never rests: the canceller needs every played sample on a steady clock), and with
+    `barge_in = "voice"` the gate listens for the child over the toy's voice. Call before the
+    devices open. What runs decides, not what was asked for: without the package, nothing
+    changes."""
     from device.audio.bargein import BargeInDetector
     from device.audio.echo import FarEndBuffer, make_echo_canceller, voice_barge_in
     canceller = make_echo_canceller(cfg)
@@ -58,5 +56,11 @@ def open_gate(cfg: AudioConfig, speaker: Any) -> VadGate:
         return VadGate(cfg)
     far = FarEndBuffer()
     speaker.feed_reference(far)
+    if hasattr(speaker, "rest_after_s"):
+        speaker.rest_after_s = None
     barge = BargeInDetector() if voice_barge_in(cfg, canceller) else None
+    if barge is not None and hasattr(mic, "block_ms"):
+        # Voice barge-in waits on the read: 20 ms reads hear "stop" 20 ms sooner than 40 ms
+        # ones (bench/voice_bargein.py), for about 0.005 CPU s per s more.
+        mic.block_ms = FRAME_MS
     return VadGate(cfg, echo=canceller, far=far, barge=barge)
