@@ -241,3 +241,27 @@ def test_a_muted_gate_opens_on_the_childs_stop_with_the_word_whole_and_not_on_th
         # the pre-roll reaches back before the word: "stop" goes to the toy whole
         first = next(e for e in events if isinstance(e, SpeechAudio))
         assert first.t - T0 <= onset, "the start of 'stop' was clipped"
+
+
+def test_the_reference_is_stamped_with_when_the_speaker_plays_it() -> None:
+    # The speaker resamples what it plays (48 kHz) to 16 kHz for the canceller; soxr hands
+    # that out in bursts (490 samples every third 10 ms block). Stamped with the time of the
+    # block that let a burst out, the reference landed up to 30 ms after the sound, and a
+    # reference that lags the echo cannot be cancelled.
+    from device.audio.buffer import BufferedSpeaker
+    far = FarEndBuffer()
+    speaker = BufferedSpeaker(48_000, volume=1.0, max_volume=1.0, prefill_s=0.0)
+    speaker.feed_reference(far)
+    reply = np.zeros(24_000, np.int16)
+    for k in range(5):   # clicks 0.2 s apart, at every phase of soxr's bursts
+        reply[4000 + 4830 * k] = 30000
+    speaker.write(reply.tobytes())
+    played = np.concatenate([speaker._pull(480, T0 + b / 100)[0] for b in range(110)])
+    heard = [T0 + i / 48_000 for i in np.nonzero(np.abs(played) > 0.3)[0]]
+    assert len(heard) >= 5
+    ref = far.read(int(1.1 * RATE), T0 + 1.1 - 1 / RATE).astype(float)
+    for t in heard[::max(1, len(heard) // 5)]:
+        i = round((t - T0) * RATE)
+        at = i - 80 + int(np.argmax(np.abs(ref[i - 80:i + 800])))
+        assert abs(at / RATE - (t - T0)) <= 0.001, \
+            f"click heard at {t - T0:.4f} s, in the reference at {at / RATE:.4f} s"

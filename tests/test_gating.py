@@ -81,7 +81,7 @@ def test_muting_from_another_thread_takes_effect_at_the_next_frame() -> None:
 
 def _clock_run(reads: list[tuple[int, float]]) -> list[tuple[float, float, int]]:
     """(first-sample time, read time, samples) per block through a SampleClock at 16 kHz."""
-    from device.audio.capture import SampleClock
+    from device.audio.clock import SampleClock
     clock = SampleClock(MIC_RATE)
     return [(clock.first_of(n, t), t, n) for n, t in reads]
 

@@ -281,7 +281,12 @@ class BufferedSpeaker:
         had_reply, had_sound = self.buffer.queued_s > 0, self.buffer.active
         block, marks = self.buffer.pull(n)
         if self._reference is not None and self._ref_resampler is not None:
-            self._reference.push(self._ref_resampler.process(block), t_dac)
+            ref = self._ref_resampler.process(block)
+            # Stamped by its end: soxr hands out bursts that end `delay_s` before this block's
+            # end. Stamped with the block's start, a burst was placed up to 30 ms after it was
+            # heard, and the canceller's reference lagged the echo.
+            end = t_dac + n / self.device_rate - self._ref_resampler.delay_s
+            self._reference.push(ref, end - len(ref) / MIC_RATE)
         if had_reply:
             self._heard_until = t_dac + n / self.device_rate
         if had_sound:

@@ -50,12 +50,8 @@ class FarEndBuffer:
     short lock and allocates nothing but a numpy view.
     """
 
-    #: A push this close to the end of the last one continues it (see `push`).
-    SNAP_S = 0.02
-
     def __init__(self, seconds: float = 2.0, rate: int = RATE) -> None:
         self.rate = rate
-        self._snap = round(self.SNAP_S * rate)
         self._size = int(seconds * rate)
         self._ring = np.zeros(self._size, dtype=np.int16)
         self._end = 0        # absolute index one past the newest written sample; 0 = empty
@@ -73,12 +69,6 @@ class FarEndBuffer:
             n = self._size
         start = round(t_dac * self.rate)
         with self._lock:
-            if self._end and abs(start - self._end) <= self._snap:
-                # The writer's estimate of when a block is heard wobbles by a few ms from
-                # block to block; the device plays its blocks back to back. Taken at face
-                # value, the wobble cut and repeated bits of the reference, and the canceller
-                # (a linear filter of it) removed 4 to 20 dB of echo instead of 25 to 40.
-                start = self._end
             oldest = self._end - self._size
             if start < oldest:
                 # a late push for a span the ring no longer holds: keep only what still fits,

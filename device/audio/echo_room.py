@@ -13,7 +13,7 @@ the two by time: a chunk written at time t stands for the 10 ms before t (the pi
 it on at once, as a sound card hands on a block it has captured) and gets the monitor samples
 played `delay_ms` before that. When each monitor sample was played is known from the times
 parec's 5 ms blocks arrived (the earliest arrivals of the last seconds, as
-`capture.SampleClock` does for the mic), so the delay added between sink and FIFO is
+`clock.SampleClock` does for the mic), so the delay added between sink and FIFO is
 `delay_ms` to the sample, whatever the block phase when the room was switched on.
 
 On top of it comes the path's own latency, FIFO -> pipe source -> ALSA pulse plugin ->

@@ -35,6 +35,7 @@ import numpy as np
 
 from device.audio.buffer import BufferedSpeaker
 from device.audio.capture import StateCallback
+from device.audio.clock import SampleClock
 from device.audio.devices import (
     join_or_abandon,
     backoff_delays,
@@ -167,12 +168,14 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         started.set()
         idle_since: float | None = None
         resting = False
+        clock = SampleClock(self.device_rate)
         try:
             while not stop.is_set():
                 if self._abort.is_set():
                     self._abort.clear()
                     stream.abort()   # drops what the device still holds of a flushed reply
                     stream.start()
+                    clock = SampleClock(self.device_rate)
                 n = block
                 if self.rest_after_s is not None and not self.buffer.active:
                     now = time.monotonic()
@@ -186,9 +189,11 @@ class SoundDeviceSpeaker(BufferedSpeaker):
                     idle_since, resting = None, False
                 # Heard once what the device holds has played: the latency while this thread
                 # keeps it full (room for a block or so), less what ran out while it was late
-                # or resting.
+                # or resting. That is an upper bound (blocks are taken in bursts); the clock
+                # keeps the blocks back to back on the earliest of them.
                 ran_out = max(0, stream.write_available - n) / self.device_rate
-                t_dac = time.monotonic() + max(0.0, self.latency - ran_out)
+                heard_by = time.monotonic() + max(0.0, self.latency - ran_out)
+                t_dac = clock.first_of(n, heard_by + n / self.device_rate)
                 data, played = self._pull(n, t_dac)
                 if stream.write(data if channels == 1 else np.repeat(data[:, None], 2, axis=1)):
                     self.device_underruns += 1    # PortAudio: this block came too late

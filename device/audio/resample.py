@@ -33,6 +33,12 @@ class Resampler:
         y = self._stream.resample_chunk(x, last=last)
         return _to_int16(y)
 
+    @property
+    def delay_s(self) -> float:
+        """How far the output lags the input now: soxr hands out its output in bursts (at
+        48 -> 16 kHz, 490 samples every third 10 ms block), so this varies from block to block."""
+        return 0.0 if self._stream is None else self._stream.delay() / self.out_rate
+
     def flush(self) -> np.ndarray:
         """The samples still held in the filter, when the input has ended."""
         return self.process(np.zeros(0, np.float32), last=True)
