@@ -313,9 +313,12 @@ class Daemon:
                 self._audio_error = ev.error
                 self.summary.errors.append(ev.error)
                 await self._end_conversation(ev.error, State.ERROR)
-            case VoiceBargeIn():
+            case VoiceBargeIn(excess_db=excess):
                 if self.state is State.SPEAKING:
-                    self._barge_in("voice")
+                    self._barge_in(f"voice, {excess:.1f} dB over the toy's echo")
+                else:
+                    log.debug("voice over the toy's last sound (%.1f dB over its echo), "
+                              "already %s", excess, self.state.value)
             case SpeechStart():
                 self._in_speech = True
                 self._heard_while_held |= self._button_speech

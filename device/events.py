@@ -36,6 +36,8 @@ class VoiceBargeIn:
     """The child talked over the toy (voice barge-in, after the echo canceller); `t` is when
     the detector was sure. The gate has opened: SpeechStart and the child's words follow."""
     t: float
+    #: How much louder than the toy's usual echo the mic was (dB): for the log.
+    excess_db: float = 0.0
 
 
 GateEvent = SpeechStart | SpeechAudio | SpeechEnd | VoiceBargeIn

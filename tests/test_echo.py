@@ -243,6 +243,45 @@ def test_a_muted_gate_opens_on_the_childs_stop_with_the_word_whole_and_not_on_th
         assert first.t - T0 <= onset, "the start of 'stop' was clipped"
 
 
+
+
+
+@pytest.mark.parametrize("room_rms", [0, 150])
+def test_after_a_voice_barge_in_the_next_reply_does_not_start_by_stopping_itself(
+        room_rms: int) -> None:
+    # The detector's VAD (webrtcvad) goes on calling frames speech for a few frames after
+    # speech, and calls the first frames it ever hears speech. Left with the child's "stop"
+    # as the last frame it heard, the first frames of the next reply (silent: its sound
+    # comes later) were speech and the toy stopped itself. Rooms: PulseAudio's idle mic
+    # (digital silence) and a fan the canceller leaves in; no canceller here, so the room
+    # reaches the detector as the mic heard it.
+    from device.audio.backend import MicFrame
+    from device.audio.vad import VadGate
+    from device.events import VoiceBargeIn
+    gate = VadGate(webrtc_cfg(), far=FarEndBuffer(), barge=BargeInDetector())
+    room = np.random.default_rng(1).normal(0, room_rms, RATE).astype(np.int16)
+    stop = to_int16(espeak("no, stop!", voice="en-us+f4", pitch=90, speed=150))
+    t = T0
+
+    def hear(x: np.ndarray) -> int:
+        nonlocal t
+        barge_ins = 0
+        for i in range(0, len(x) - FRAME + 1, FRAME):
+            t += FRAME / RATE
+            events = gate.process(MicFrame(x[i:i + FRAME].tobytes(), t))
+            barge_ins += sum(isinstance(e, VoiceBargeIn) for e in events)
+            if barge_ins:
+                break   # the gate opened: the rest of the words go to the toy
+        return barge_ins
+
+    hear(room)            # the toy listens
+    gate.muted = True     # and answers; the child talks over it
+    assert hear(stop) == 1, "the child's 'stop' was not heard"
+    hear(room)            # the toy listens again
+    gate.muted = True     # the next reply
+    assert hear(room) == 0, "the toy stopped itself"
+
+
 def test_the_reference_is_stamped_with_when_the_speaker_plays_it() -> None:
     # The speaker resamples what it plays (48 kHz) to 16 kHz for the canceller; soxr hands
     # that out in bursts (490 samples every third 10 ms block). Stamped with the time of the

@@ -5,7 +5,9 @@ residue of the toy's own voice (40 dB down) still reads as speech now and then, 
 AEC3 now and then lets 100 to 200 ms of echo through nearly untouched. Three checks, all free
 of any calibration of mic or speaker gain:
 
-1. the VAD calls the canceller's output speech;
+1. the VAD calls the canceller's output speech, and it is louder than -55 dBFS (the VAD also
+   calls silence right after speech speech); the VAD hears every frame, the toy talking or
+   not (`hear`), so what it remembers is the room just before;
 2. the canceller took out less than `max_suppression_db` of the frame (on echo alone it
    removes 25 to 50 dB; on a child talking over the echo, a few);
 3. when the far-end reference is given: the mic frame is louder, by `min_excess_db` on average
@@ -40,12 +42,17 @@ class BargeInDetector:
     trigger_ms: int = 60
     frame_ms: int = 20
     max_suppression_db: float = 20.0
-    min_excess_db: float = 6.0
+    # 6 dB let the toy stop itself through PulseAudio: at a reply's start AEC3 now and then
+    # lets 150 ms of echo through at up to 7 dB over the echo's median level; a child saying
+    # "stop" at 10 dB over the echo reached 10.7 to 20 dB (16 trials, 2 x 2 minutes alone).
+    min_excess_db: float = 9.0
     #: far-end energy is taken as the loudest frame over this window: covers the
     #: speaker-to-mic delay and the start of the room's reverberation
     far_window_ms: int = 300
     #: how much echo-only history the typical echo level is the median of
     history_s: float = 5.0
+    #: For the log: how far over the echo's usual level the run that fired last was (dB).
+    fired_excess_db: float = field(default=0.0, init=False)
     _vad: webrtcvad.Vad = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -61,7 +68,8 @@ class BargeInDetector:
         self._run_frames = self.trigger_ms // self.frame_ms + (self.trigger_ms % self.frame_ms > 0)
         self._excess = np.zeros(self._run_frames)
         samples = RATE * self.frame_ms // 1000
-        self._far_floor = samples * (32768 * 10 ** (-55 / 20)) ** 2  # -55 dBFS
+        # -55 dBFS: quieter than any child near the toy, louder than the noise of a quiet room
+        self._quiet = samples * (32768 * 10 ** (-55 / 20)) ** 2
         self.reset()
 
     def reset(self) -> None:
@@ -69,11 +77,20 @@ class BargeInDetector:
         self._run = 0
         self._fired = False
 
+    def hear(self, near_out: bytes) -> None:
+        """A frame while the toy is quiet and the gate open: keeps the VAD's picture of the
+        room and of the end of speech current. webrtcvad goes on calling frames speech for up
+        to 6 frames after speech (digital silence included) and calls the first 4 frames it
+        ever hears speech; left with the child's "stop" as the last frame it heard, it made
+        the first frames of the next reply, seconds later, speech, and the toy stopped
+        itself."""
+        self._vad.is_speech(near_out, RATE)
+
     def is_child_speech(self, near_in: bytes, near_out: bytes) -> bool:
         """One frame, checks 1 and 2: speech in the output the canceller did not mostly remove."""
         e_in = _energy(near_in)
         e_out = _energy(near_out)
-        if e_out < e_in * self._ratio:
+        if e_out < e_in * self._ratio or e_out < self._quiet:
             return False
         return self._vad.is_speech(near_out, RATE)
 
@@ -84,7 +101,7 @@ class BargeInDetector:
         far_max = float(self._far_e.max())
         e_in = _energy(near_in)
         # far quiet (nothing playing lately): no echo to mistake for the child
-        far_active = far_max > self._far_floor
+        far_active = far_max > self._quiet
         ratio_db = 10 * math.log10(e_in / far_max) if far_active else 0.0
 
         speech = self.is_child_speech(near_in, near_out)
@@ -108,8 +125,10 @@ class BargeInDetector:
         self._run += 1
         if self._fired or self._run < self._run_frames:
             return False
-        if float(self._excess.mean()) >= self.min_excess_db:
+        excess = float(self._excess.mean())
+        if excess >= self.min_excess_db:
             self._fired = True
+            self.fired_excess_db = excess
             return True
         return False
 

@@ -212,6 +212,8 @@ class VadGate:
                 self._ring.clear()
                 return []
             return self._listen_over_reply(near, frame, far, frame_ms)
+        if self.barge is not None:
+            self.barge.hear(pcm)
         speech = self._is_speech(pcm)
         if self._active:
             out: list[GateEvent] = []
@@ -298,7 +300,7 @@ class VadGate:
         self.frames_out += len(frames)
         # The trigger needed `trigger_ms` of speech: the word began about then.
         t_start = frame.t - self.barge.trigger_ms / 1000
-        return [VoiceBargeIn(frame.t), SpeechStart(t_start),
+        return [VoiceBargeIn(frame.t, self.barge.fired_excess_db), SpeechStart(t_start),
                 *(SpeechAudio(f.pcm, f.t) for f in frames)]
 
     def reset(self) -> None:
