@@ -32,6 +32,12 @@ over 6 s / 4 s of speech per path, false barge-ins 1 per 10 min, latency one 20 
 Over seeds 1, 2, 3, 7: webrtc/det 0 false barge-ins in each 10 min; "stop" <= 300 ms in
 20, 19, 20, 20 of 20; ERLE after 2 s at worst 26.7 dB on one path (WebRTC's AEC3 now and
 then lets 100-200 ms of echo through; the detector's excess test keeps those from barging in).
+
+2026-12-06, after min_excess_db 6 -> 9 and the -55 dBFS floor (seed 7, `--minutes 2 --engines
+webrtc`): webrtc/det recall 0.78 at 10 dB, 0.71 at 0 dB; "stop" <= 300 ms in 20/20 (p50/p95/max
+201/232/279 ms); 1 false barge-in in 2 min, the same single event the 'vad' and 'ratio' gates
+flag (not looked into yet); through the whole box and PulseAudio, bench/voice_bargein.py: 0 in
+10 min. Canceller CPU 0.0118 s per audio second on this run.
 """
 
 from __future__ import annotations
