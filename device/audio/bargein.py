@@ -5,8 +5,8 @@ residue of the toy's own voice (40 dB down) still reads as speech now and then, 
 AEC3 now and then lets 100 to 200 ms of echo through nearly untouched. Three checks, all free
 of any calibration of mic or speaker gain:
 
-1. the VAD calls the canceller's output speech, and it is louder than -55 dBFS (the VAD also
-   calls silence right after speech speech); the VAD hears every frame, the toy talking or
+1. the VAD calls the canceller's output speech, and it is louder than -55 dBFS (right after
+   speech the VAD calls silence speech too); the VAD hears every frame, the toy talking or
    not (`hear`), so what it remembers is the room just before;
 2. the canceller took out less than `max_suppression_db` of the frame (on echo alone it
    removes 25 to 50 dB; on a child talking over the echo, a few);
@@ -83,7 +83,8 @@ class BargeInDetector:
         to 6 frames after speech (digital silence included) and calls the first 4 frames it
         ever hears speech; left with the child's "stop" as the last frame it heard, it made
         the first frames of the next reply, seconds later, speech, and the toy stopped
-        itself."""
+        itself. About 4 us a frame (0.0002 CPU s per second, x86_64), beside the gate's own
+        VAD: that one runs at the gate's aggressiveness, this one at the detector's."""
         self._vad.is_speech(near_out, RATE)
 
     def is_child_speech(self, near_in: bytes, near_out: bytes) -> bool:
