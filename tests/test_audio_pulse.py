@@ -347,6 +347,11 @@ async def test_an_idle_speaker_rests_and_a_reply_after_it_is_heard_at_once(pulse
     assert t_heard - t0 < 0.5, f"a resting speaker took {1000 * (t_heard - t0):.0f} ms to sound"
     assert abs(played[0][1] - t_heard) < 0.1, f"on_played off by {played[0][1] - t_heard:+.3f} s"
     assert t_last - t_flush < 0.5, f"sound went on {1000 * (t_last - t_flush):.0f} ms after flush"
+    # It skipped the silence the device held instead of playing it first, and the reply came
+    # out whole: no hole from the burst a restarted stream takes at once.
+    assert spk.jumps == 1
+    gaps = np.diff(loud)
+    assert gaps.max() < 0.01 * 48000, f"a {gaps.max() / 48:.0f} ms hole in the reply"
 
 
 def test_with_an_echo_canceller_the_speaker_never_rests(pulse):
