@@ -53,18 +53,6 @@ async def control(daemon: Any, stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def trim_mock_pins(daemon: Any) -> None:
-    """gpiozero's mock pins keep every state change in `pin.states` (for tests' asserts): a
-    breathing LED adds thousands a minute, which the soak saw as Talkie's RSS creeping up
-    0.15 MB a minute. Real pins keep no such list, so the bench forgets it."""
-    pins = getattr(daemon.gpio.factory, "pins", {})
-    while True:
-        await asyncio.sleep(10)
-        for pin in list(pins.values()):
-            if hasattr(pin, "states"):
-                del pin.states[:-1]
-
-
 async def main(config: str) -> int:
     from device.cli import _box
     from device.config import load, require_api_key
@@ -86,7 +74,6 @@ async def main(config: str) -> int:
         async with asyncio.TaskGroup() as tg:
             run = tg.create_task(daemon.run())
             tg.create_task(control(daemon, stop))
-            tg.create_task(trim_mock_pins(daemon))
             await stop.wait()
             await daemon.flush()
             run.cancel()

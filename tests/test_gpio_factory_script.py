@@ -13,7 +13,7 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 import device.gpio.script as script_module
 from device.config import ConfigError, GpioConfig, loads
 from device.events import ButtonEvent
-from device.gpio.factory import Gpio, make_pin_factory, on_a_pi
+from device.gpio.factory import Gpio, RecentMockPin, make_pin_factory, on_a_pi
 from device.gpio.script import ScriptError, load, parse, play, play_on, script_pins
 from device.gpio.volume import VolumeChange
 from tests import gpio_helpers
@@ -30,7 +30,22 @@ def test_auto_is_mock_pins_off_the_pi(tmp_path):
     (tmp_path / "other").write_text("Generic x86 board")
     f = make_pin_factory(GpioConfig(), model_file=tmp_path / "other")
     try:
-        assert isinstance(f, MockFactory) and f.pin_class is MockPWMPin
+        assert isinstance(f, MockFactory) and issubclass(f.pin_class, MockPWMPin)
+    finally:
+        f.close()
+
+
+def test_mock_pins_keep_recent_states_not_all():
+    # A box on mock pins (simulate, the soak, a PC demo) runs for hours with a breathing LED:
+    # the pins' state history must not grow with it.
+    f = make_pin_factory(GpioConfig(pin_factory="mock"))
+    try:
+        pin = f.pin(18)
+        pin.function = "output"
+        for i in range(3 * RecentMockPin.KEPT):
+            pin.state = (i % 50) / 50
+        assert len(pin.states) == RecentMockPin.KEPT
+        assert pin.states[-1].state == pin.state, "the newest change must be kept"
     finally:
         f.close()
 

@@ -7,11 +7,14 @@ Devices are given the factory explicitly (`pin_factory=`), never through gpiozer
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Self
+
+from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from device.config import Config, GpioConfig
 from device.errors import ConfigError
@@ -43,18 +46,32 @@ def on_a_pi(model_file: Path = MODEL_FILE) -> bool:
         return False
 
 
+class RecentMockPin(MockPWMPin):
+    """A mock pin (with PWM) that keeps its last KEPT state changes in `states`, not all.
+
+    gpiozero's mock pins keep every change for tests to assert on; a breathing LED makes
+    thousands a minute, so a box on mock pins for hours (`talkie simulate`, `make soak`, a PC
+    demo) grew by that list alone: about 0.15 MB a minute (bench/conversation.py's soak).
+    """
+
+    KEPT = 5000   # minutes of a breathing LED, for whoever reads them; under 1 MB
+
+    def clear_states(self) -> None:
+        super().clear_states()
+        self.states = collections.deque(self.states, maxlen=self.KEPT)
+
+
 def make_pin_factory(cfg: GpioConfig, model_file: Path = MODEL_FILE) -> Any:
     """The configured factory. 'auto': gpiozero's best real one on a Pi, else mock pins.
 
-    Mock pins are `MockPWMPin`s so PWMLED, RGBLED and pulsing work off the Pi.
+    Mock pins have PWM, so PWMLED, RGBLED and pulsing work off the Pi, and keep only their
+    recent states (`RecentMockPin`).
     """
-    from gpiozero.pins.mock import MockFactory, MockPWMPin
-
     choice = cfg.pin_factory
     if choice == "mock" or (choice == "auto" and not on_a_pi(model_file)):
         if choice == "auto":
             log.info("not a Raspberry Pi: using mock GPIO pins")
-        return MockFactory(pin_class=MockPWMPin)
+        return MockFactory(pin_class=RecentMockPin)
     if choice == "auto":
         from gpiozero import Device
 
