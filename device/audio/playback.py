@@ -174,8 +174,9 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         idle_since: float | None = None
         resting = False
         only_silence = False   # the device holds nothing but the silence of a rest
-        # A reply this far ahead cannot run dry in the burst a restarted stream takes at once.
-        ahead_s = self.latency + 2 * block / self.device_rate
+        # A reply this far ahead cannot run dry in the burst a restarted stream takes at once,
+        # and is past the prefill (else the burst would be silence again).
+        ahead_s = max(self.latency + 2 * block / self.device_rate, self.buffer.prefill_s)
         clock = SampleClock(self.device_rate)
         try:
             while not stop.is_set():
