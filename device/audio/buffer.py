@@ -139,6 +139,7 @@ class PlaybackBuffer:
         """The next `n` samples (float32) and the (t_received, offset) of marks that start in them."""
         out = np.zeros(n, np.float32)
         marks: list[tuple[float, int]] = []
+        sounded = False
         with self._lock:
             if not self._playing and self._queued:
                 waited = self._clock() - (self._first_queued_at or 0.0)
@@ -158,18 +159,23 @@ class PlaybackBuffer:
                     if c.pos >= len(c.data):
                         self._chunks.popleft()
                 self._queued -= filled
+                sounded = filled > 0
                 self.stats.played_s += filled / self.rate
                 if not self._chunks:
                     self._playing = False
                     self._dry_at = self._clock()
             if self._earcons:
+                sounded = True
                 for e in self._earcons:
                     sound, pos = e
                     k = min(n, len(sound) - pos)
                     out[:k] += sound[pos:pos + k]
                     e[1] = pos + k
                 self._earcons = [e for e in self._earcons if e[1] < len(e[0])]
-        self._apply_gain(out)
+        if sounded:
+            self._apply_gain(out)
+        else:
+            self._gain = self._target   # a ramp over silence is inaudible: skip the work
         return out, marks
 
     def _take(self, n: int) -> np.ndarray:
