@@ -296,7 +296,11 @@ async def test_wrong_token_backs_off_and_never_logs_the_token(server: tuple[Runn
                                             backoff_cap_s=0.1))
     caplog.set_level("DEBUG")
     task = asyncio.create_task(client.run())
-    await asyncio.sleep(0.6)
+    # Two refusals, however long a loaded server takes to check a token (a fixed 0.6 s was
+    # flaky with four workers and PostgreSQL): the backoff is 0.02-0.1 s.
+    async with asyncio.timeout(20):
+        while client.failures < 2:
+            await asyncio.sleep(0.05)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert client.failures >= 2 and await store.outbox_size() == 3  # kept for later
