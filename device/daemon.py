@@ -29,6 +29,7 @@ from device.gpio.volume import VolumeChange
 from device.live.continuity import HandleStore, recap
 from device.live.ratelimit import ConnectLimiter
 from device.live.session import HandleRefused, LinkDown, LinkUp, LiveSession
+from device.live.setup import SharedClient
 from device.states import State
 
 if TYPE_CHECKING:
@@ -150,6 +151,8 @@ class Daemon:
         self._session: LiveSession | None = None
         # One cap on connects for every conversation of this box (retries and goAway included).
         self._connect_limiter = ConnectLimiter(cfg.live.max_connects_per_minute)
+        # One SDK client for every conversation, made at start, not at each press.
+        self._live_client = SharedClient(cfg, api_key)
         self._handle_writes = asyncio.Lock()
         self._session_task: asyncio.Task[None] | None = None
         self._resume_handle: str | None = handles.load() if handles is not None else None
@@ -188,6 +191,7 @@ class Daemon:
     async def run(self) -> Summary:
         """Run until cancelled, or (simulate) until the mic is done and the last reply played."""
         self._speaker.on_played = self._on_played
+        self._live_client.start()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._mic_task(), name="mic")
@@ -557,7 +561,8 @@ class Daemon:
         # The recap is read from history when a connection starts without a handle (also
         # when the server refuses the handle).
         self._session = LiveSession(self.cfg, self._api_key, self.post, handle=handle,
-                                    recap=self._recap, limiter=self._connect_limiter)
+                                    recap=self._recap, limiter=self._connect_limiter,
+                                    client=self._live_client)
         self._session_task = self._spawn(self._session.run())
         if self._history is not None:
             self._conversation = self._spawn(self._open_history_conversation(), write=True)

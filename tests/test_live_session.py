@@ -17,6 +17,7 @@ from device.events import ReplyAudio, ResumptionHandle, TurnComplete, Transcript
 from device.live.ratelimit import ConnectLimiter
 from device.live.session import (Backoff, HandleRefused, LinkDown, LinkUp, LiveSession,
                                  classify)
+from device.live.setup import SharedClient
 from device.live.simulator import BAD_KEY, Fault, FaultPlan, Simulator
 from tests.live_helpers import fast_sim, utterance
 
@@ -34,12 +35,13 @@ class Probe:
 
     def __init__(self, sim: Simulator, *, key: str = "k", handle: str | None = None,
                  recap: str = "", backoff: Backoff = FAST,
-                 limiter: ConnectLimiter | None = None, **live: Any) -> None:
+                 limiter: ConnectLimiter | None = None, client: SharedClient | None = None,
+                 **live: Any) -> None:
         self.events: list[Any] = []
         self.changed = asyncio.Event()
         self.session = LiveSession(cfg_for(sim, **live), Secret(key), self._on, handle=handle,
                                    recap=recap, backoff=backoff, rng=random.Random(1),
-                                   limiter=limiter)
+                                   limiter=limiter, client=client)
         self.task: asyncio.Task[None] | None = None
 
     def _on(self, ev: Any) -> None:
@@ -103,6 +105,26 @@ async def test_two_turns_in_one_session_with_transcripts_usage_and_compression()
             r.audio_bytes for r in sim.replies())
         assert p.session.uploaded_bytes == len(first) + len(second)
         assert p.session.handle == conn.handles_sent[-1]
+
+
+async def test_one_client_serves_every_conversation_and_a_failed_one_is_made_again(
+        tmp_path) -> None:
+    # Made per press, the SDK client cost 30-110 ms before the first word could go up.
+    async with fast_sim() as sim:
+        ca = tmp_path / "ca.pem"          # not there yet: the box was set up half-way
+        cfg = cfg_for(sim, ca_file=str(ca))
+        client = SharedClient(cfg, Secret("k"))
+        client.start()
+        with pytest.raises(FileNotFoundError):
+            await client.get()
+        ca.write_bytes(sim.ca_file.read_bytes())
+        made = await client.get()
+        for text in ("Hello Talkie", "Tell me about dragons"):   # two presses of the button
+            async with Probe(sim, client=client, ca_file=str(ca)) as p:
+                await p.say(speech(text))
+                await p.until(lambda: p.of(TurnComplete))
+            assert await client.get() is made
+        assert len(sim.connections) == 2 and all(c.turn_ends for c in sim.connections)
 
 
 async def test_speech_said_while_connecting_goes_up_in_messages_of_at_most_a_second() -> None:

@@ -41,7 +41,7 @@ from device.errors import LiveError
 from device.events import (GoAway, Interrupted, LiveEvent, ReplyAudio, ResumptionHandle,
                            Transcript, TurnComplete)
 from device.live.ratelimit import ConnectLimiter
-from device.live.setup import connect_config, make_client
+from device.live.setup import SharedClient, connect_config
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +169,11 @@ class LiveSession:
                  handle: str | None = None,
                  recap: str | Callable[[], Awaitable[str]] = "",
                  backoff: Backoff = Backoff(), rng: random.Random | None = None,
-                 limiter: ConnectLimiter | None = None) -> None:
+                 limiter: ConnectLimiter | None = None,
+                 client: SharedClient | None = None) -> None:
         self._cfg = cfg
         self._api_key = api_key
+        self._client = client or SharedClient(cfg, api_key)
         self._on_event = on_event
         self.handle = handle
         self._recap = recap
@@ -223,7 +225,7 @@ class LiveSession:
     async def run(self) -> None:
         """Connect, talk, reconnect as needed. Returns on a permanent failure or when out of
         attempts (after a LinkDown with final=True); cancel it to end the conversation."""
-        client = make_client(self._cfg, self._api_key)
+        client = await self._client.get()
         attempt = 0
         while True:
             started = time.monotonic()
