@@ -20,9 +20,10 @@ writing silence 100 times a second cost the box more CPU than anything else whil
 prebuffered by PulseAudio's ALSA plugin: it took 150 ms at once and then nothing for 95 ms,
 which left a hole in the first word.) A reply or an earcon that comes then would wait behind
 the device buffer's silence (up to `latency_ms`) plus one such block; instead the writer
-drops that silence (abort and start, as for a flush) once the sound cannot run dry in the
-burst a restarted stream takes at once (the device buffer and about two blocks: 80 ms at
-60 ms latency, measured through PulseAudio): the child hears the reply that much sooner.
+drops that silence (abort and start, as for a flush) once enough is queued that the jitter
+buffer still holds its prefill after the burst a restarted stream takes at once (80 ms at
+60 ms latency through PulseAudio): the child hears the reply that much sooner, with the same
+cushion against a late chunk as without the skip.
 Never rests while an echo canceller runs: it needs the reference of every sample on a steady
 clock, in the same blocks.
 """
@@ -170,13 +171,18 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         assert stream is not None
         self.channels = channels
         self.latency = float(stream.latency)
+        # What a started stream takes at once (the device buffer and a period or two: 80 ms
+        # at 60 ms latency through PulseAudio), read before anything is written.
+        burst_s = stream.write_available / self.device_rate
         started.set()
         idle_since: float | None = None
         resting = False
         only_silence = False   # the device holds nothing but the silence of a rest
-        # A reply this far ahead cannot run dry in the burst a restarted stream takes at once,
-        # and is past the prefill (else the burst would be silence again).
-        ahead_s = max(self.latency + 2 * block / self.device_rate, self.buffer.prefill_s)
+        # A reply skips the silence only if, after the burst, the jitter buffer still holds
+        # its prefill: the cushion against a late chunk is what stays here, not what the
+        # device holds (with only the burst queued, the writer wrote silence behind it at
+        # the next late chunk: 37 holes in 10 minutes of make soak-audio).
+        ahead_s = burst_s + self.buffer.prefill_s
         clock = SampleClock(self.device_rate)
         try:
             while not stop.is_set():
@@ -225,8 +231,8 @@ class SoundDeviceSpeaker(BufferedSpeaker):
                 pass
 
     def _sound_waits(self, ahead_s: float) -> bool:
-        """Sound to play that cannot run dry once the device takes it: a reply with `ahead_s`
-        queued (more of it is still coming), or earcons alone (whole from the start)."""
+        """Sound to play that keeps its cushion once the device takes its burst: a reply with
+        `ahead_s` queued (more of it is still coming), or earcons alone (whole already)."""
         queued = self.buffer.queued_s
         return self.buffer.active and (queued >= ahead_s or queued == 0)
 
