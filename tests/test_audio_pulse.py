@@ -354,6 +354,28 @@ async def test_an_idle_speaker_rests_and_a_reply_after_it_is_heard_at_once(pulse
     assert gaps.max() < 0.01 * 48000, f"a {gaps.max() / 48:.0f} ms hole in the reply"
 
 
+async def test_a_reply_streamed_after_a_rest_plays_without_a_hole(pulse):
+    # Skipping the resting device's silence must not eat the jitter buffer's cushion: the
+    # restarted stream takes 80 ms at once, and a reply that comes in 120 ms chunks at 1.5x
+    # real time (the service can be that slow) would then run dry before its next chunk.
+    _, spk = open_audio(_cfg(output_rate=48000, volume=1.0))
+    reply = tone(440, 1.5, REPLY_RATE).tobytes()
+    chunk = int(0.12 * REPLY_RATE) * 2
+    with pulse.record() as rec:
+        async with spk:
+            await asyncio.sleep(1.0)
+            assert spk.rests >= 1
+            for i in range(0, len(reply), chunk):
+                spk.write(reply[i:i + chunk], t_received=time.monotonic() if i == 0 else None)
+                await asyncio.sleep(0.12 / 1.5)
+            await spk.drain()
+    loud = np.nonzero(np.abs(rec.samples()) > 2000)[0]
+    gaps = np.diff(loud)
+    assert spk.stats.underruns == 0 and gaps.max() < 0.01 * 48000, \
+        f"{spk.stats.underruns} underruns, a {gaps.max() / 48:.0f} ms hole in the reply"
+    assert (loud[-1] - loud[0]) / 48000 > 1.4, "the reply did not play whole"
+
+
 def test_with_an_echo_canceller_the_speaker_never_rests(pulse):
     from device.audio.factory import open_gate
     cfg = _cfg(echo_canceller="webrtc", barge_in="voice")
