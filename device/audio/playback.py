@@ -23,7 +23,8 @@ the device buffer's silence (up to `latency_ms`) plus one such block; instead th
 drops that silence (abort and start, as for a flush) once enough is queued that the jitter
 buffer still holds its prefill after the burst a restarted stream takes at once (80 ms at
 60 ms latency through PulseAudio): the child hears the reply that much sooner, with the same
-cushion against a late chunk as without the skip.
+cushion against a late chunk as without the skip. Sound waits up to HOLD_S for that much to
+come (the first chunk is often less); after that it plays behind the silence.
 Never rests while an echo canceller runs: it needs the reference of every sample on a steady
 clock, in the same blocks.
 """
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 
 #: A resting writer writes this many blocks at a time.
 REST_BLOCKS = 3
+#: How long sound may wait for enough of it to skip a rest's silence (then it plays behind
+#: it, which costs the child at most this much).
+HOLD_S = 0.04
 
 
 class SoundDeviceSpeaker(BufferedSpeaker):
@@ -183,6 +187,7 @@ class SoundDeviceSpeaker(BufferedSpeaker):
         # device holds (with only the burst queued, the writer wrote silence behind it at
         # the next late chunk: 37 holes in 10 minutes of make soak-audio).
         ahead_s = burst_s + self.buffer.prefill_s
+        held_since: float | None = None   # when sound began to wait for that
         clock = SampleClock(self.device_rate)
         try:
             while not stop.is_set():
@@ -212,9 +217,17 @@ class SoundDeviceSpeaker(BufferedSpeaker):
                 ran_out = max(0, stream.write_available - n) / self.device_rate
                 heard_by = time.monotonic() + max(0.0, self.latency - ran_out)
                 t_dac = clock.first_of(n, heard_by + n / self.device_rate)
-                data, played = self._pull(n, t_dac)
-                if only_silence and not resting and data.any():
-                    only_silence = False   # sound went in behind the silence after all
+                # Sound that is not yet enough to skip the silence waits a little for more
+                # rather than go in behind it: until then it would not be heard anyway.
+                if only_silence and not resting:
+                    held_since = held_since or time.monotonic()
+                    only_silence = time.monotonic() - held_since < HOLD_S
+                else:
+                    held_since = None
+                if only_silence and not resting:
+                    data, played = np.zeros(n, np.float32), []
+                else:
+                    data, played = self._pull(n, t_dac)
                 if stream.write(data if channels == 1 else np.repeat(data[:, None], 2, axis=1)):
                     self.device_underruns += 1    # PortAudio: this block came too late
                 self._last_write = time.monotonic()
