@@ -219,15 +219,14 @@ class SoundDeviceSpeaker(BufferedSpeaker):
                 t_dac = clock.first_of(n, heard_by + n / self.device_rate)
                 # Sound that is not yet enough to skip the silence waits a little for more
                 # rather than go in behind it: until then it would not be heard anyway.
-                if only_silence and not resting:
-                    held_since = held_since or time.monotonic()
-                    only_silence = time.monotonic() - held_since < HOLD_S
+                holding = only_silence and not resting
+                if holding:
+                    now = time.monotonic()
+                    held_since = held_since or now
+                    holding = only_silence = now - held_since < HOLD_S
                 else:
                     held_since = None
-                if only_silence and not resting:
-                    data, played = np.zeros(n, np.float32), []
-                else:
-                    data, played = self._pull(n, t_dac)
+                data, played = (np.zeros(n, np.float32), []) if holding else self._pull(n, t_dac)
                 if stream.write(data if channels == 1 else np.repeat(data[:, None], 2, axis=1)):
                     self.device_underruns += 1    # PortAudio: this block came too late
                 self._last_write = time.monotonic()
