@@ -27,7 +27,8 @@ from device.audio.pulse_harness import PulseServer  # noqa: E402
 
 #: (label, direction, rate, block frames, latency): Talkie's streams and the baseline's.
 CONFIGS = [
-    ("talkie mic: 16 kHz, 40 ms reads", "in", 16000, 640, "low"),
+    ("talkie mic: 16 kHz, 40 ms reads", "talkie-in", 16000, 640, "low"),
+    ("the same, PortAudio's wait (never ends on a dead source)", "in", 16000, 640, "low"),
     ("floor client mic: 16 kHz, 20 ms reads", "in", 16000, 320, "low"),
     ("baseline mic: 16 kHz, 1024-frame reads", "in", 16000, 1024, "high"),
     ("talkie speaker playing: 10 ms writes, 60 ms buffer", "out", 24000, 240, 0.06),
@@ -41,10 +42,16 @@ import numpy as np, sounddevice as sd
 kind, rate, block, latency, seconds = sys.argv[1:]
 rate, block, seconds = int(rate), int(block), float(seconds)
 latency = latency if latency in ("low", "high") else float(latency)
-if kind == "in":
+if kind.endswith("in"):
     s = sd.InputStream(device="pulse", samplerate=rate, channels=1, dtype="int16",
                        blocksize=block, latency=latency)
-    step = lambda: s.read(block)
+    if kind == "talkie-in":   # device/audio/capture.py: only what the device holds
+        import threading
+        from device.audio.capture import _await_block
+        stop = threading.Event()
+        step = lambda: _await_block(s, block, rate, stop) and s.read(block)
+    else:
+        step = lambda: s.read(block)
 else:
     s = sd.OutputStream(device="pulse", samplerate=rate, channels=1, dtype="float32",
                         blocksize=block, latency=latency)
@@ -70,7 +77,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tk-floor-") as tmp:
         server = PulseServer(Path(tmp) / "pulse", rates=(48_000,), noise_rms=33.0)
         server.start()
-        env = dict(os.environ) | server.env()
+        env = dict(os.environ) | server.env() | {"PYTHONPATH": str(ROOT)}
         try:
             print(f"{'stream':52} {'CPU s/s':>8} {'calls/s':>8}   (load {os.getloadavg()[0]:.2f})")
             for label, *config in CONFIGS:

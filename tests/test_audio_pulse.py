@@ -187,6 +187,37 @@ async def test_a_mic_that_fails_mid_stream_is_reopened_and_reports_error_then_ok
     assert mic.reopens == 1
 
 
+async def test_a_mic_that_stops_delivering_is_reopened_and_no_thread_is_left_in_it(pulse, caplog):
+    # The source goes quiet without an error (a hung sound server, an I2S clock that stopped):
+    # a thread inside PortAudio's read would wait for it forever, holding its stream and memory.
+    import threading
+
+    def readers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "talkie-mic"]
+
+    states = []
+    mic, _ = open_audio(_cfg(input_rate=48000), on_state=lambda s, e: states.append(s))
+    feeder = pulse.feeders[48000]
+    async with mic:
+        assert await _collect(mic, 0.3)
+        feeder.starved.set()
+        # the stall (2 s), then the close, which waits up to 2 s for the thread to end
+        assert len(await _collect(mic, 2.0 + 2.5)) < 10
+        while_starved = readers()
+        feeder.starved.clear()
+        frames = []
+        async with asyncio.timeout(10):   # a stall being handled ends first (up to ~3 s)
+            async for f in mic.frames():
+                frames.append(f)
+                if len(frames) == 50:
+                    break
+        after = readers()
+    assert "stuck in the sound system" not in caplog.text
+    assert len(while_starved) <= 1, f"capture threads left in the dead source: {while_starved}"
+    assert len(after) == 1, after
+    assert "stopped delivering audio" in caplog.text and states[:3] == ["ok", "error", "ok"]
+
+
 def test_busy_device_error_names_the_holder_and_the_fix():
     import sounddevice as sd
 

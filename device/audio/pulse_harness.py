@@ -70,6 +70,9 @@ class PipeFeeder:
         self.echo: EchoRoom | None = None
         #: chunks written late by more than a chunk (the writer fell behind real time)
         self.late_chunks = 0
+        #: set: nothing is written, so the source delivers nothing and raises nothing (a hung
+        #: sound server, an I2S mic whose clock stopped)
+        self.starved = threading.Event()
 
     def set_echo(self, room: EchoRoom | None) -> None:
         """Mix `room`'s echo into everything written from the next chunk on (None: stop)."""
@@ -155,7 +158,8 @@ class PipeFeeder:
                                 ).astype(np.int16)
             assert self._fd is not None
             try:
-                os.write(self._fd, chunk.tobytes())
+                if not self.starved.is_set():
+                    os.write(self._fd, chunk.tobytes())
             except BlockingIOError:
                 pass   # nobody records the mic: the FIFO is full, and a real mic drops too
             deadline += n / self.rate
@@ -436,8 +440,10 @@ class PulseServer:
         self.rate = rate
 
     def reset(self) -> None:
-        """Echo off, nothing queued or in the FIFOs, the first rate's devices the defaults."""
+        """Echo off, nothing queued or in the FIFOs, the mics delivering, the first rate's
+        devices the defaults."""
         for f in self.feeders.values():
+            f.starved.clear()
             f.set_echo(None)
             f.clear()
         self.use(self.rates[0])
