@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     import faulthandler
     from device.logs import LogContext, setup_logging
+    from device.malloc import limit_arenas
 
+    limit_arenas()  # before any thread starts: RSS stays flat over weeks of reconnects
     # journald under systemd, stderr otherwise; every secret read later is redacted from it,
     # and every record carries the box's state and conversation once known
     context = LogContext()
