@@ -28,7 +28,7 @@ from device.audio.pulse_harness import PulseServer  # noqa: E402
 #: (label, direction, rate, block frames, latency): Talkie's streams and the baseline's.
 CONFIGS = [
     ("talkie mic: 16 kHz, 40 ms reads", "talkie-in", 16000, 640, "low"),
-    ("the same, PortAudio's wait (never ends on a dead source)", "in", 16000, 640, "low"),
+    ("talkie mic, PortAudio's wait (hangs on dead source)", "in", 16000, 640, "low"),
     ("floor client mic: 16 kHz, 20 ms reads", "in", 16000, 320, "low"),
     ("baseline mic: 16 kHz, 1024-frame reads", "in", 16000, 1024, "high"),
     ("talkie speaker playing: 10 ms writes, 60 ms buffer", "out", 24000, 240, 0.06),
