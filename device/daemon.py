@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,15 @@ class Turn:
     interrupted: bool = False
 
 
+#: The summary keeps this many of the latest latencies and errors: `talkie run` lives for
+#: weeks, and a list of every turn's would grow as long.
+SUMMARY_KEEPS = 1000
+
+
+def _recent() -> deque[Any]:
+    return deque(maxlen=SUMMARY_KEEPS)
+
+
 @dataclass
 class Summary:
     """What a run did; `talkie simulate --json` prints it."""
@@ -90,10 +100,9 @@ class Summary:
     connections: int = 0
     reconnects: int = 0
     resumed: int = 0
-    errors: list[str] = field(default_factory=list)
-    speech_end_to_sound_ms: list[float] = field(default_factory=list)
-    reply_byte_to_sound_ms: list[float] = field(default_factory=list)
-    transcript: list[tuple[str, str]] = field(default_factory=list)
+    errors: deque[str] = field(default_factory=_recent)
+    speech_end_to_sound_ms: deque[float] = field(default_factory=_recent)
+    reply_byte_to_sound_ms: deque[float] = field(default_factory=_recent)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -105,7 +114,7 @@ class Summary:
             "connections": self.connections,
             "reconnects": self.reconnects,
             "resumed": self.resumed,
-            "errors": self.errors,
+            "errors": list(self.errors),
             "latency_ms": {
                 "speech_end_to_sound": [round(v, 1) for v in self.speech_end_to_sound_ms],
                 "reply_byte_to_sound": [round(v, 1) for v in self.reply_byte_to_sound_ms],
@@ -520,7 +529,6 @@ class Daemon:
         self._awaiting_reply = False
         self._discard_reply = False
         self.summary.turns += 1
-        self.summary.transcript.append((turn.child_text.strip(), turn.toy_text.strip()))
         if self._on_transcript:
             self._on_transcript(turn.child_text.strip(), turn.toy_text.strip())
         log.info("turn %d complete (%.2f s of reply%s)", self.summary.turns,

@@ -115,3 +115,17 @@ async def test_the_api_key_is_never_printed_even_with_debug_logs(tmp_path: Path,
     assert SECRET not in run.stdout and SECRET not in run.stderr
     assert "API key not valid" in run.summary["errors"][0]
     assert "talkie setup --api-key-file" in run.summary["errors"][0]
+
+
+def test_a_daemon_that_runs_for_weeks_keeps_only_its_latest_latencies_and_errors() -> None:
+    from device.daemon import SUMMARY_KEEPS, Summary
+    summary = Summary()
+    for k in range(3 * SUMMARY_KEEPS):
+        summary.reply_byte_to_sound_ms.append(float(k))
+        summary.speech_end_to_sound_ms.append(float(k))
+        summary.errors.append(f"error {k}")
+    out = json.loads(json.dumps(summary.as_json()))
+    latest = [float(k) for k in range(2 * SUMMARY_KEEPS, 3 * SUMMARY_KEEPS)]
+    assert out["latency_ms"]["reply_byte_to_sound"] == latest
+    assert out["latency_ms"]["speech_end_to_sound"] == latest
+    assert out["errors"][0] == f"error {2 * SUMMARY_KEEPS}" and len(out["errors"]) == SUMMARY_KEEPS
