@@ -35,18 +35,35 @@ for _ in range(10):
         t.start()
     for t in threads:
         t.join()
-print(rss_mb() - before)
+
+import ctypes, os, tempfile
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+fd, path = tempfile.mkstemp()
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+arenas = open(path).read().count("<heap nr=")
+os.close(fd)
+os.unlink(path)
+print(rss_mb() - before, arenas)
 """
 
 
-def _left_behind_mb(mode: str) -> float:
+def _churn(mode: str) -> tuple[float, int]:
+    """(MB left resident, malloc arenas in use) after the churn."""
     out = subprocess.run([sys.executable, "-c", CHURN, mode], cwd=ROOT, capture_output=True,
                          text=True, timeout=60, check=True)
-    return float(out.stdout)
+    left, arenas = out.stdout.split()
+    return float(left), int(arenas)
 
 
 def test_capped_arenas_keep_what_threads_freed_from_staying_resident():
-    default, capped = _left_behind_mb("default"), _left_behind_mb("capped")
-    assert capped < 12, f"{capped:.1f} MB left behind by threads that ended"
-    assert default > 2 * capped, (default, capped)   # what the cap is for (24.7 vs 6.2 MB)
-
+    (default, default_arenas), (capped, capped_arenas) = _churn("default"), _churn("capped")
+    assert capped_arenas <= 2 < default_arenas, (capped_arenas, default_arenas)
+    # 6.2 against 24.7 MB on an idle machine; how much each arena keeps varies with timing
+    # (14.9 MB capped once, with three other test workers busy)
+    assert capped < 0.75 * default, f"{capped:.1f} MB left behind, {default:.1f} uncapped"
