@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from device.audio.pulse_harness import PulseServer  # noqa: E402
 
-#: (label, direction, rate, block frames, latency): Talkie's streams and the baseline's.
+#: (label, kind, rate, block frames, latency): Talkie's streams and the baseline's. Kind
+#: 'in' reads with PortAudio's wait, 'talkie-in' waits as the capture thread does, 'out' writes.
 CONFIGS = [
     ("talkie mic: 16 kHz, 40 ms reads", "talkie-in", 16000, 640, "low"),
     ("talkie mic, PortAudio's wait (hangs on dead source)", "in", 16000, 640, "low"),

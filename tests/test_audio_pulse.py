@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -190,8 +191,6 @@ async def test_a_mic_that_fails_mid_stream_is_reopened_and_reports_error_then_ok
 async def test_a_mic_that_stops_delivering_is_reopened_and_no_thread_is_left_in_it(pulse, caplog):
     # The source goes quiet without an error (a hung sound server, an I2S clock that stopped):
     # a thread inside PortAudio's read would wait for it forever, holding its stream and memory.
-    import threading
-
     def readers() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name == "talkie-mic"]
 

@@ -16,7 +16,7 @@ blocking stream opened on one thread and written on another stalls or fails.
 The thread reads only what the device already holds and waits for the rest itself
 (`_await_block`): PortAudio's ALSA `read()` never returns from a device that stops delivering
 (it "recovers" the device every ~2 s and waits again, forever), so a thread inside it could not
-be stopped, and kept its stream, its sound-server connection and ~6 MB until the daemon exited
+be stopped, and kept its stream, its sound-server connection and ~8 MB until the daemon exited
 (the chaos soak's RSS steps). Now it ends within a block of being told to. Waking up
 READ_LATE_S after a block is due costs 2-3 ms of latency on average and 0.002 CPU s per second
 more than PortAudio's own wait (bench/stream_floor.py).
@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
@@ -69,10 +69,10 @@ READ_MS = 2 * FRAME_MS
 READ_LATE_S = 0.005
 
 
-def _await_block(stream: object, frames: int, rate: int, stop: threading.Event) -> bool:
+def _await_block(stream: Any, frames: int, rate: int, stop: threading.Event) -> bool:
     """Wait until the input stream holds `frames`; False once `stop` is set first."""
     while not stop.is_set():
-        short = frames - stream.read_available  # type: ignore[attr-defined]
+        short = frames - stream.read_available
         if short <= 0:
             return True
         stop.wait(short / rate + READ_LATE_S)
